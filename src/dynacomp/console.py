@@ -1,0 +1,48 @@
+"""What commands print: results as JSON or as text, and progress bars on long work."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from tqdm.auto import tqdm
+
+T = TypeVar("T")
+
+
+def add_json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+
+
+def emit(result: Any, as_json: bool, render: Callable[[Any], str] | None = None) -> None:
+    """Print ``result``: JSON when asked (for scripts), else ``render(result)`` or a key: value list."""
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+    elif render is not None:
+        print(render(result))
+    else:
+        print(format_mapping(result))
+
+
+def format_mapping(mapping: dict, indent: int = 0) -> str:
+    lines = []
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            lines.append(" " * indent + f"{key}:")
+            lines.append(format_mapping(value, indent + 2))
+        else:
+            if isinstance(value, float):
+                value = f"{value:.4g}"
+            lines.append(" " * indent + f"{key}: {value}")
+    return "\n".join(lines)
+
+
+def progress(iterable: Iterable[T] | None = None, **kwargs: Any) -> tqdm:
+    """A tqdm bar on stderr, so stdout stays clean for ``--json``; silent when stderr is no terminal
+    unless ``DYNACOMP_PROGRESS=1``."""
+    disable = not (sys.stderr.isatty() or os.environ.get("DYNACOMP_PROGRESS") == "1")
+    return tqdm(iterable, file=sys.stderr, disable=kwargs.pop("disable", disable), dynamic_ncols=True, **kwargs)

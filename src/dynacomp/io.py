@@ -1,0 +1,53 @@
+"""Files and folders: the cache location and writes that are never seen half-done."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def cache_dir(*parts: str) -> Path:
+    """``$DYNACOMP_CACHE`` (default ``~/.cache/dynacomp``), joined with ``parts`` and created."""
+    root = Path(os.environ.get("DYNACOMP_CACHE", Path.home() / ".cache" / "dynacomp")).expanduser()
+    path = root.joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path``; rename it onto ``path`` only if the block succeeds.
+
+    Works for files and folders alike: whatever the block writes at the yielded path replaces
+    ``path`` in one rename, so a reader sees the old version or the complete new one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    target = tmp / path.name
+    try:
+        yield target
+        if target.is_dir() and path.exists():
+            # A folder cannot be renamed onto a non-empty folder: move the old one aside first.
+            old = tmp / ".old"
+            os.replace(path, old)
+        os.replace(target, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
