@@ -1,0 +1,17 @@
+"""Dynamic Memory Compression (Nawrot, Łańcucki et al., ICML 2024, arXiv 2403.09636).
+
+Every KV head of a retrofitted LLM decides, token by token, to append its key-value pair to the
+cache or to merge it into the last slot (an importance-weighted running mean), so the cache
+really holds fewer slots.
+
+    from dynacomp.dmc import DMCConfig, convert, save, load, DMCCache
+    model = convert(model, DMCConfig(force_cr=4))
+    out = model.generate(**inputs)          # uses a DMCCache
+"""
+
+from dynacomp.dmc.cache import DMCCache
+from dynacomp.dmc.config import DMCConfig
+from dynacomp.dmc.model import SUPPORTED_MODEL_TYPES, convert, is_dmc_checkpoint, load, save, zero_decision_channels
+
+__all__ = ["DMCCache", "DMCConfig", "SUPPORTED_MODEL_TYPES", "convert", "is_dmc_checkpoint", "load", "save",
+           "zero_decision_channels"]

@@ -1,0 +1,236 @@
+"""DMC attention: one module for training, teacher-forced evaluation, prefill and decoding.
+
+Shapes: B batch, H KV heads, G query heads per KV head, L tokens of this call, D head dim.
+
+Every call processes a *chunk* of L tokens that continues whatever the cache holds (nothing,
+for training and teacher-forced evaluation). Token i of the chunk either appends a new group or
+merges into the open one (alpha_i); every position keeps the state of its group so far (the
+partial accumulation x~_i), rotated by RoPE at position i. Query t then sees
+
+* its own state x~_t (the diagonal, always),
+* chunk key i < t with the additive bias log(1 - alpha_{i+1}): with hard decisions 0 when the
+  group of i closed at i, -inf when it went on merging,
+* the cache's closed slots (and its open slot only if the chunk's first token appended).
+
+Prefill is therefore exact and parallel, and decoding is the same code with L = 1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from dynacomp.dmc import decisions
+from dynacomp.dmc.cache import DMCCache, DMCLayer
+from dynacomp.dmc.config import DMCConfig
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x: (B, heads, L, D); cos, sin: (B, L, D), the model's own rotary tables for these positions."""
+    return x * cos.unsqueeze(1) + rotate_half(x) * sin.unsqueeze(1)
+
+
+def _block_attention(q: Tensor, k: Tensor, v: Tensor, key_bias: Tensor, start: int, scale: float):
+    """Queries start..start+C of a chunk against keys 0..start+C-1. q: (B, H, G, C, D)."""
+    end = start + q.shape[-2]
+    scores = torch.einsum("bhgqd,bhkd->bhgqk", q, k[:, :, :end]) * scale
+    q_pos = torch.arange(start, end, device=q.device)[:, None]
+    k_pos = torch.arange(end, device=q.device)[None, :]
+    bias = key_bias[:, :, None, None, :end]
+    bias = torch.where(k_pos < q_pos, bias, torch.where(k_pos == q_pos, 0.0, -math.inf))
+    scores = scores + bias
+    lse = torch.logsumexp(scores, dim=-1)
+    out = torch.einsum("bhgqk,bhkd->bhgqd", torch.exp(scores - lse.unsqueeze(-1)), v[:, :, :end])
+    return out, lse
+
+
+def masked_attention(q: Tensor, k: Tensor, v: Tensor, key_bias: Tensor, scale: float, chunk: int):
+    """DMC causal attention within a chunk, block by block over queries.
+
+    q: (B, H, G, L, D); k, v: (B, H, L, D); key_bias: (B, H, L), added to key i for queries
+    after i (the diagonal gets 0, the future -inf). Returns out (B, H, G, L, D), lse (B, H, G, L).
+    Memory is O(chunk x L) per block; with gradients each block is recomputed in backward
+    (activation checkpointing), so no L x L tensor is ever held.
+    """
+    length = q.shape[-2]
+    outs, lses = [], []
+    for start in range(0, length, chunk):
+        block = q[..., start:start + chunk, :]
+        if torch.is_grad_enabled() and length > chunk:
+            out, lse = checkpoint(_block_attention, block, k, v, key_bias, start, scale, use_reentrant=False)
+        else:
+            out, lse = _block_attention(block, k, v, key_bias, start, scale)
+        outs.append(out)
+        lses.append(lse)
+    return torch.cat(outs, dim=-2), torch.cat(lses, dim=-1)
+
+
+def merge_attention(out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor) -> tuple[Tensor, Tensor]:
+    """Combine two softmax attentions over disjoint key sets from their outputs and log-sum-exps."""
+    lse = torch.logaddexp(lse_a, lse_b)
+    weight_a = torch.exp(lse_a - lse).nan_to_num(0.0).unsqueeze(-1)
+    weight_b = torch.exp(lse_b - lse).nan_to_num(0.0).unsqueeze(-1)
+    return out_a * weight_a + out_b * weight_b, lse
+
+
+class DMCAttention(nn.Module):
+    """Drop-in replacement of a Llama-shaped attention (q/k/v/o projections, optional q/k norms),
+    reusing its weights, with DMC's append-or-merge key-value memory."""
+
+    def __init__(self, attention: nn.Module, config: DMCConfig, num_heads: int, num_kv_heads: int):
+        super().__init__()
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (
+            attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj)
+        # Qwen3 normalises q and k per head before RoPE; others have no such module.
+        self.q_norm = getattr(attention, "q_norm", None)
+        self.k_norm = getattr(attention, "k_norm", None)
+        self.layer_idx = attention.layer_idx
+        self.head_dim = attention.head_dim
+        self.scaling = attention.scaling
+        self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
+        self.dmc = config
+        self.last_alpha: Tensor | None = None  # (B, H, L) decisions of the last call, for losses and stats
+
+    def _project(self, hidden: Tensor, proj: nn.Module, norm: nn.Module | None) -> Tensor:
+        b, length, _ = hidden.shape
+        x = proj(hidden).view(b, length, -1, self.head_dim)
+        if norm is not None:
+            x = norm(x)
+        return x.transpose(1, 2)
+
+    def forward(self, hidden_states: Tensor, position_embeddings: tuple[Tensor, Tensor],
+                attention_mask: Tensor | None = None, cache=None, past_key_values=None, **kwargs):
+        cache = cache if cache is not None else past_key_values
+        if cache is not None and not isinstance(cache, DMCCache):
+            raise TypeError(f"a DMC model needs a DMCCache, got {type(cache).__name__}; "
+                            "generate() and forward() create one when none is passed")
+        b, length, _ = hidden_states.shape
+        h, g = self.num_kv_heads, self.num_heads // self.num_kv_heads
+        q = self._project(hidden_states, self.q_proj, self.q_norm)           # (B, H*G, L, D)
+        k = self._project(hidden_states, self.k_proj, self.k_norm)           # (B, H, L, D)
+        v = self._project(hidden_states, self.v_proj, None)
+
+        layer = cache.layers[self.layer_idx] if cache is not None else None
+        if layer is not None and not layer.is_initialized:
+            layer.lazy_initialization(k)
+        real = self._real_tokens(attention_mask, b, length, hidden_states.device)          # (B, L) bool
+        past_tokens = (cache.tokens if cache is not None and cache.tokens is not None
+                       else torch.zeros(b, dtype=torch.long, device=k.device))
+        token_index = past_tokens[:, None] + real.long().cumsum(1) - 1                   # (B, L)
+
+        alpha, key_bias = self._decide(k, token_index, real)
+        omega = decisions.importance(q, h, self.dmc.decision_bias) * real[:, None, :]
+        q = decisions.without_decision_channel(q)
+        k = decisions.without_decision_channel(k)
+
+        cos, sin = position_embeddings
+        if layer is None:
+            k_state = decisions.accumulate(k.float(), alpha.float(), omega, self.dmc.window).to(k.dtype)
+            v_state = decisions.accumulate(v.float(), alpha.float(), omega, self.dmc.window).to(v.dtype)
+        else:
+            k_state, v_state = self._accumulate_with_run(layer, k, v, alpha, omega)
+        k_rot = apply_rope(k_state, cos, sin)
+        q_rot = apply_rope(q, cos, sin).view(b, h, g, length, self.head_dim)
+
+        out, lse = masked_attention(q_rot, k_rot, v_state, key_bias, self.scaling, self.dmc.query_chunk)
+        if layer is not None:
+            visible = layer.slots - alpha[..., 0].reshape(-1).long()
+            if bool(layer.slots.any()):
+                past_out, past_lse = layer.attend(q_rot.reshape(b * h, g * length, self.head_dim), visible,
+                                                  self.scaling)
+                out, lse = merge_attention(out, lse, past_out.view_as(out), past_lse.view_as(lse))
+            self._store(layer, k, v, k_rot, v_state, alpha, omega, real)
+            if self.layer_idx == len(cache.layers) - 1:
+                cache.seen += length
+                cache.tokens = past_tokens + real.long().sum(1)
+        self.last_alpha = alpha
+        out = out.reshape(b, self.num_heads, length, self.head_dim).transpose(1, 2).reshape(b, length, -1)
+        return self.o_proj(out), None
+
+    @staticmethod
+    def _real_tokens(attention_mask: Tensor | None, b: int, length: int, device) -> Tensor:
+        """(B, L) True for real tokens of this chunk; the mask is the 2D padding mask (see model.py)."""
+        if attention_mask is None:
+            return torch.ones(b, length, dtype=torch.bool, device=device)
+        if attention_mask.dim() != 2:
+            raise ValueError("DMC attention expects the 2D padding mask; was the model converted with "
+                             "dynacomp.dmc.convert?")
+        return attention_mask[:, -length:].bool()
+
+    def _decide(self, k: Tensor, token_index: Tensor, real: Tensor) -> tuple[Tensor, Tensor]:
+        """alpha (B, H, L) and the key bias log(1 - alpha_{i+1}) (B, H, L).
+
+        Training: Gumbel-sigmoid relaxation, soft alpha. Otherwise hard decisions (straight-through
+        when gradients flow). The first token of a sequence and padding never merge; padding keys
+        are hidden from every later query.
+        """
+        can_merge = (real & (token_index > 0))[:, None, :]
+        if self.dmc.force_cr is not None:
+            forced = decisions.forced_decisions(token_index, self.dmc.force_cr)[:, None, :].expand(-1, k.shape[1], -1)
+            alpha = forced.to(k.dtype) * can_merge
+            logits = torch.where(alpha > 0, math.inf, -math.inf)
+        else:
+            logits = decisions.decision_logits(k, self.dmc.decision_bias).float()
+            if self.training:
+                logits = decisions.gumbel_sigmoid_logits(logits, self.dmc.temperature)
+                alpha = torch.sigmoid(logits) * can_merge
+            else:
+                soft = torch.sigmoid(logits)
+                hard = (logits > 0).float()
+                alpha = (hard - soft.detach() + soft) * can_merge
+                logits = torch.where(hard > 0, math.inf, -math.inf)
+        logits = logits.masked_fill(~can_merge, -math.inf)                # appends keep key i visible
+        bias = decisions.log_keep_probability(F.pad(logits[..., 1:], (0, 1), value=-math.inf))
+        bias = bias.masked_fill(~real[:, None, :], -math.inf)
+        return alpha, bias
+
+    def _accumulate_with_run(self, layer: DMCLayer, k: Tensor, v: Tensor, alpha: Tensor, omega: Tensor):
+        """Partial accumulation of the chunk continuing each row's open run from the cache."""
+        b, h, length, d = k.shape
+        run = layer.run
+        w = run.omega.shape[1]
+        ext = lambda past, new: torch.cat([past.view(b, h, w, *past.shape[2:]).to(new.dtype), new], dim=2)
+        ext_alpha = torch.cat([alpha.new_ones(b, h, w), alpha], dim=2)
+        ext_omega = ext(run.omega, omega.float())
+        k_state = decisions.accumulate(ext(run.keys, k).float(), ext_alpha.float(), ext_omega, self.dmc.window)
+        v_state = decisions.accumulate(ext(run.values, v).float(), ext_alpha.float(), ext_omega, self.dmc.window)
+        return k_state[:, :, w:].to(k.dtype), v_state[:, :, w:].to(v.dtype)
+
+    @torch.no_grad()
+    def _store(self, layer: DMCLayer, k: Tensor, v: Tensor, k_rot: Tensor, v_state: Tensor,
+               alpha: Tensor, omega: Tensor, real: Tensor) -> None:
+        """Write the chunk's group ends as slots and keep the new open run."""
+        b, h, length, d = k.shape
+        merges = alpha.detach() > 0.5                                                   # (B, H, L)
+        closes = torch.cat([~merges[..., 1:], merges.new_ones(b, h, 1)], dim=2) & real[:, None, :]
+        first_slot = layer.slots - merges[..., 0].reshape(-1).long()                  # (R,)
+        slot = first_slot.view(b, h, 1) + closes.long().cumsum(2) - 1
+        bi, hi, ti = closes.nonzero(as_tuple=True)
+        rows = bi * h + hi
+        layer.write(rows, slot[bi, hi, ti], k_rot[bi, hi, ti], v_state[bi, hi, ti])
+        layer.slots = first_slot + closes.sum(2).reshape(-1)
+
+        # Open run: tokens since the last append (in the cache's run or in this chunk), newest last.
+        run = layer.run
+        w = run.omega.shape[1]
+        if w == 0:
+            return
+        appends = (~merges) & real[:, None, :]
+        index = torch.arange(length, device=k.device)
+        last_append = torch.where(appends, index + w, 0).amax(2, keepdim=True)       # in extended coordinates
+        keep = torch.arange(w + length, device=k.device) >= last_append               # (B, H, w+L)
+        ext_k = torch.cat([run.keys.view(b, h, w, d), k.to(run.keys.dtype)], 2)
+        ext_v = torch.cat([run.values.view(b, h, w, d), v.to(run.values.dtype)], 2)
+        ext_w = torch.cat([run.omega.view(b, h, w), omega.float()], 2) * keep
+        run.keys = ext_k[:, :, -w:].reshape(b * h, w, d).contiguous()
+        run.values = ext_v[:, :, -w:].reshape(b * h, w, d).contiguous()
+        run.omega = ext_w[:, :, -w:].reshape(b * h, w).contiguous()

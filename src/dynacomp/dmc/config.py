@@ -1,0 +1,47 @@
+"""DMCConfig: every DMC default, once."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from dynacomp.config import config_from_dict, field, to_dict
+
+
+@dataclass
+class DMCConfig:
+    decision_bias: float = field(
+        5.0, help="subtracted from the repurposed key channel to get the merge logit, and added to the "
+                  "repurposed query channel for the importance; 5 as in the official code, so a zeroed "
+                  "channel starts at alpha = sigmoid(-5) = 0.007 (almost always append)")
+    temperature: float = field(0.1, help="Gumbel-sigmoid temperature of the training-time relaxation")
+    window: int = field(12, help="a slot averages at most the last WINDOW tokens of its run (official: 12)")
+    page_size: int = field(16, help="slots per cache page; pages are per (sequence, KV head)")
+    force_cr: float | None = field(
+        None, help="replace learned decisions by a fixed pattern giving this compression ratio in every "
+                   "head (benchmarks, engine tests); None: learned decisions")
+    query_chunk: int = field(256, help="queries per block in masked attention: memory O(chunk x length), "
+                                       "never a dense length x length mask")
+
+    def __post_init__(self) -> None:
+        if self.window < 1:
+            raise ValueError(f"window must be >= 1, got {self.window}")
+        if self.page_size < 1:
+            raise ValueError(f"page_size must be >= 1, got {self.page_size}")
+        if self.force_cr is not None and self.force_cr < 1:
+            raise ValueError(f"force_cr is a compression ratio and must be >= 1, got {self.force_cr}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+    def save(self, path: Path, **extra) -> None:
+        from dynacomp.io import write_json
+        write_json(path, {**to_dict(self), **extra})
+
+    @classmethod
+    def load(cls, path: Path) -> tuple["DMCConfig", dict]:
+        """The config and the extra keys stored beside it (e.g. the base model type)."""
+        values = json.loads(Path(path).read_text())
+        names = cls.__dataclass_fields__.keys()
+        return (config_from_dict(cls, {k: v for k, v in values.items() if k in names}),
+                {k: v for k, v in values.items() if k not in names})

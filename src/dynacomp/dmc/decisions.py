@@ -1,0 +1,92 @@
+"""DMC math as pure functions: decisions, importances, and the windowed partial accumulation.
+
+Shapes: B batch, H key-value heads, G query heads per KV head, L tokens, D head dim.
+
+Which channels are repurposed, and why the last one: DMC adds no parameters; it reads the
+merge decision from one key channel and the importance from one query channel of every head,
+and sets both channels to zero *before* RoPE so their values never reach the attention scores.
+We use the last channel, as the official code does. Under the rotate-half RoPE of Llama, Qwen and
+Mistral, channel D-1 pairs with channel D/2-1, the lowest rotary frequency (for SmolLM2,
+theta=1e5, D=64: 1.4e-5 rad per token). Zeroing it pre-RoPE leaves the partner channel's
+contribution q_p k_p cos(delta), which for that frequency is almost exactly q_p k_p: the head
+loses the least positional information of any channel choice. It also makes a converted model
+whose two channels were zeroed compute exactly what the unconverted zeroed model computes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def decision_logits(keys: Tensor, bias: float) -> Tensor:
+    """Merge logits a_t = k_t[-1] - bias from pre-RoPE keys (B, H, L, D) -> (B, H, L)."""
+    return keys[..., -1] - bias
+
+
+def importance(queries: Tensor, kv_heads: int, bias: float) -> Tensor:
+    """Importance omega_t = sigmoid(mean over the query group of q_t[-1] + bias).
+
+    queries: pre-RoPE (B, H*G, L, D) -> (B, H, L). Averaging the logits over the group lets one KV
+    head's merge weight come from all query heads that read it (GQA).
+    """
+    b, hq, length, _ = queries.shape
+    logits = queries[..., -1].view(b, kv_heads, hq // kv_heads, length).mean(2)
+    return torch.sigmoid(logits + bias)
+
+
+def without_decision_channel(x: Tensor) -> Tensor:
+    """x (..., D) with its last channel set to zero (out of place, autograd-friendly)."""
+    return torch.cat([x[..., :-1], torch.zeros_like(x[..., -1:])], dim=-1)
+
+
+def gumbel_sigmoid_logits(logits: Tensor, temperature: float, generator: torch.Generator | None = None) -> Tensor:
+    """(logits + g1 - g2) / temperature with g1, g2 ~ Gumbel(0, 1), i.e. logistic noise."""
+    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float32)
+    u = u.clamp(1e-6, 1 - 1e-6)
+    noise = (torch.log(u) - torch.log1p(-u)).to(logits.dtype)
+    return (logits + noise) / temperature
+
+
+def forced_decisions(token_index: Tensor, ratio: float) -> Tensor:
+    """The fixed pattern of ``force_cr``: merge (1.) unless the token opens a new group of ``ratio``.
+
+    token_index: (..., L) index of each token within its sequence (0 = first real token). A token
+    appends when floor(n / ratio) steps up, so every head keeps exactly one slot per ``ratio``
+    tokens (fractional ratios alternate group sizes).
+    """
+    n = token_index.to(torch.float64)
+    opens = torch.floor(n / ratio) != torch.floor((n - 1) / ratio)
+    return (~opens).to(torch.float32)
+
+
+def accumulate(x: Tensor, alpha: Tensor, omega: Tensor, window: int) -> Tensor:
+    """Partial accumulation: every position's state of its (soft) merge group, windowed.
+
+    x: (B, H, L, D); alpha, omega: (B, H, L). alpha_i is how much token i merges into the
+    group before it (1: merge, 0: append); omega_i its importance. Returns (B, H, L, D):
+
+        x~_i = sum_d c_d(i) omega_{i-d} x_{i-d} / sum_d c_d(i) omega_{i-d},   d = 0 .. window-1,
+        c_d(i) = alpha_i alpha_{i-1} ... alpha_{i-d+1}.
+
+    With hard decisions this is the omega-weighted mean of the last ``window`` tokens of the run
+    ending at i: exactly the slot that the cache holds for that run after token i.
+    """
+    length = x.shape[-2]
+    num = omega.unsqueeze(-1) * x
+    den = omega
+    chain = None  # chain[j] = alpha_{j+1} ... alpha_{j+d}: how much of token j reaches token j + d
+    for d in range(1, min(window, length)):
+        chain = alpha[..., 1:] if chain is None else chain[..., :-1] * alpha[..., d:]
+        weight = chain * omega[..., : length - d]
+        num = num + F.pad(weight.unsqueeze(-1) * x[..., : length - d, :], (0, 0, d, 0))
+        den = den + F.pad(weight, (d, 0))
+    return num / den.clamp_min(torch.finfo(den.dtype).tiny).unsqueeze(-1)
+
+
+def log_keep_probability(logits_next: Tensor) -> Tensor:
+    """log(1 - alpha_{i+1}) = logsigmoid(-z_{i+1}): the additive attention bias that fades key i
+    for later queries as token i+1 merges into it."""
+    return F.logsigmoid(-logits_next)
+

@@ -1,0 +1,181 @@
+"""Turning a Hugging Face causal LM into a DMC model, and saving / loading DMC checkpoints.
+
+``convert`` swaps every attention module for a ``DMCAttention`` that reuses its weights, and
+changes the model's class to a DMC subclass of its own class whose ``forward`` and
+``generate`` use a ``DMCCache``. Transformers is told to hand attention the plain 2D padding
+mask (the mask function registered below), because DMC builds its own masks.
+
+A saved DMC checkpoint is a transformers folder whose ``config.json`` names the model type
+``dynacomp_dmc``, plus ``dmc_config.json``: plain ``from_pretrained`` refuses it with an unknown
+model type instead of silently loading it without DMC; ``dynacomp.dmc.load`` reads it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from dynacomp.dmc.attention import DMCAttention
+from dynacomp.dmc.cache import DMCCache
+from dynacomp.dmc.config import DMCConfig
+from dynacomp.io import atomic_path
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+DMC_MODEL_TYPE = "dynacomp_dmc"
+ATTN_IMPLEMENTATION = "dynacomp_dmc"
+
+
+def _padding_mask(*, attention_mask=None, **_):
+    """The 'mask' transformers builds for DMC attention: the 2D padding mask itself (or None)."""
+    return attention_mask
+
+
+def _unused_attention(*args, **kwargs):
+    raise RuntimeError("DMC attention computes attention itself; this placeholder is never called")
+
+
+ALL_MASK_ATTENTION_FUNCTIONS.register(ATTN_IMPLEMENTATION, _padding_mask)
+ALL_ATTENTION_FUNCTIONS.register(ATTN_IMPLEMENTATION, _unused_attention)
+
+
+class DMCModelMixin:
+    """Mixed into the converted model's class: DMCCache by default in forward and generate."""
+
+    dmc_config: DMCConfig
+
+    def new_cache(self) -> DMCCache:
+        return DMCCache.for_model(self)
+
+    def forward(self, *args, cache=None, past_key_values=None, use_cache=None, **kwargs):
+        cache = cache if cache is not None else past_key_values
+        if use_cache is None:
+            use_cache = self.config.use_cache and not self.training
+        if use_cache and cache is None:
+            cache = self.new_cache()
+        return super().forward(*args, cache=cache if use_cache else None, use_cache=use_cache, **kwargs)
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+        if model_kwargs.get("cache") is None and generation_config.use_cache is not False:
+            model_kwargs["cache"] = self.new_cache()
+        return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+
+    def dmc_attentions(self) -> list[DMCAttention]:
+        return [m for m in self.modules() if isinstance(m, DMCAttention)]
+
+
+_DMC_CLASSES: dict[type, type] = {}
+
+
+def _dmc_class(base: type) -> type:
+    if base not in _DMC_CLASSES:
+        _DMC_CLASSES[base] = type(f"DMC{base.__name__}", (DMCModelMixin, base), {})
+    return _DMC_CLASSES[base]
+
+
+def check_supported(config) -> None:
+    """Refuse architectures whose attention is not Llama-shaped, naming the supported ones."""
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"DMC supports the model types {', '.join(SUPPORTED_MODEL_TYPES)} "
+                         f"(Llama 2/3, SmolLM2, Mistral, Qwen2, Qwen3); got {config.model_type!r}")
+    window = getattr(config, "sliding_window", None)
+    uses_window = getattr(config, "use_sliding_window", window is not None)
+    if uses_window and window is not None and window < config.max_position_embeddings:
+        raise ValueError(f"sliding-window attention (window {window}) is not supported with DMC; "
+                         "load the model with sliding_window=None")
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    if head_dim % 2:
+        raise ValueError(f"DMC repurposes a rotary channel and needs an even head_dim, got {head_dim}")
+
+
+def convert(model: PreTrainedModel, config: DMCConfig | None = None) -> PreTrainedModel:
+    """Make ``model`` (in place) a DMC model; returns it. No parameters are added."""
+    config = config or DMCConfig()
+    if isinstance(model, DMCModelMixin):
+        model.dmc_config = config
+        for attention in model.dmc_attentions():
+            attention.dmc = config
+        return model
+    check_supported(model.config)
+    heads, kv_heads = model.config.num_attention_heads, model.config.num_key_value_heads
+    for layer in model.model.layers:
+        layer.self_attn = DMCAttention(layer.self_attn, config, heads, kv_heads).train(model.training)
+    model.__class__ = _dmc_class(type(model))
+    model.dmc_config = config
+    model.config._attn_implementation = ATTN_IMPLEMENTATION
+    return model
+
+
+def zero_decision_channels(model: PreTrainedModel) -> None:
+    """Zero the q/k projection rows that DMC repurposes (the last channel of every head), as the
+    end of the official zero-out stage does, so decisions start at alpha = sigmoid(-bias)."""
+    config = model.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    with torch.no_grad():
+        for layer in model.model.layers:
+            attn = layer.self_attn
+            for proj in (attn.q_proj, attn.k_proj):
+                proj.weight[head_dim - 1::head_dim] = 0
+                if proj.bias is not None:
+                    proj.bias[head_dim - 1::head_dim] = 0
+            for norm in (getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)):
+                if norm is not None:
+                    norm.weight[-1] = 0
+
+
+def save(model: PreTrainedModel, directory: str | Path, tokenizer=None) -> Path:
+    """Save a DMC model (weights, config, ``dmc_config.json``, tokenizer) atomically."""
+    if not isinstance(model, DMCModelMixin):
+        raise TypeError("save() expects a model converted with dynacomp.dmc.convert")
+    directory = Path(directory)
+    with atomic_path(directory) as tmp:
+        config = model.config
+        base_type, architectures = config.model_type, config.architectures
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        saved = json.loads((tmp / "config.json").read_text())
+        saved["model_type"] = DMC_MODEL_TYPE
+        saved["architectures"] = [f"DMC{(architectures or [type(model).__name__])[0]}"]
+        saved.pop("_attn_implementation_autoset", None)
+        (tmp / "config.json").write_text(json.dumps(saved, indent=2))
+        model.dmc_config.save(tmp / "dmc_config.json", base_model_type=base_type,
+                              base_architectures=architectures)
+    return directory
+
+
+def is_dmc_checkpoint(directory: str | Path) -> bool:
+    return (Path(directory) / "dmc_config.json").exists()
+
+
+def load(directory: str | Path, dtype: torch.dtype = torch.float32, **overrides):
+    """Load ``(model, tokenizer)`` saved by ``save``; ``overrides`` replace DMCConfig fields
+    (e.g. ``force_cr=4``, ``page_size=32``)."""
+    directory = Path(directory)
+    if not is_dmc_checkpoint(directory):
+        raise FileNotFoundError(f"{directory} is not a DMC checkpoint (no dmc_config.json); "
+                                "convert a plain model with dynacomp.dmc.convert")
+    dmc_config, extra = DMCConfig.load(directory / "dmc_config.json")
+    values = json.loads((directory / "config.json").read_text())
+    values["model_type"] = extra["base_model_type"]
+    values["architectures"] = extra.get("base_architectures")
+    base_config = AutoConfig.for_model(**values)
+    model = AutoModelForCausalLM.from_config(base_config, dtype=dtype)
+    from safetensors.torch import load_file
+    state = {}
+    for shard in sorted(directory.glob("*.safetensors")):
+        state.update(load_file(shard))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [m for m in missing if not (m == "lm_head.weight" and base_config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise ValueError(f"{directory}: checkpoint does not match the model "
+                         f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    model.tie_weights()
+    tokenizer = AutoTokenizer.from_pretrained(directory) if (directory / "tokenizer_config.json").exists() else None
+    model = convert(model.eval(), replace(dmc_config, **overrides))
+    return model, tokenizer
