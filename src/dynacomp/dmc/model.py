@@ -58,7 +58,17 @@ class DMCModelMixin:
             use_cache = self.config.use_cache and not self.training
         if use_cache and cache is None:
             cache = self.new_cache()
+        self._check_positions(cache, kwargs.get("input_ids", args[0] if args else None),
+                              kwargs.get("inputs_embeds"))
         return super().forward(*args, cache=cache if use_cache else None, use_cache=use_cache, **kwargs)
+
+    def _check_positions(self, cache, input_ids, inputs_embeds) -> None:
+        tokens = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        total = tokens + (cache.get_seq_length() if cache is not None else 0)
+        limit = self.config.max_position_embeddings
+        if total > limit:
+            raise ValueError(f"{total} token positions exceed the model's {limit} positions; "
+                             "shorten the prompt or the generation")
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
         if model_kwargs.get("cache") is None and generation_config.use_cache is not False:

@@ -98,16 +98,18 @@ def load_causal_lm(name_or_path: str = DEFAULT_MODEL, dtype: torch.dtype = torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = resolve(name_or_path)
+    # A hub id is looked up in the local hub cache first: without network the online lookup
+    # only fails after minutes of retries.
+    local_only = isinstance(source, str) and os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=local_only)
     except OSError as err:
         if isinstance(source, Path):
             raise
         raise ModelNotAvailable(
             f"{name_or_path!r} is neither an embedded model ({', '.join(EMBEDDED)}) nor a local folder, "
-            f"and it is not in the Hugging Face cache"
-            f"{' (HF_HUB_OFFLINE is set)' if os.environ.get('HF_HUB_OFFLINE') else ''}. "
+            f"and it is not in the Hugging Face cache{' (HF_HUB_OFFLINE is set)' if local_only else ''}. "
             f"On a machine with network run `huggingface-cli download {name_or_path}` and copy "
             f"~/.cache/huggingface here, or pass the model's local folder. ({err.__class__.__name__})"
         ) from err

@@ -1,0 +1,33 @@
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+
+def tiny_config(model_type: str = "llama", **overrides):
+    """A small random model of the given family with grouped-query attention (4 query, 2 KV heads)."""
+    from transformers import AutoConfig
+    values = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256)
+    if model_type == "llama":
+        return LlamaConfig(**{**values, **overrides})
+    return AutoConfig.for_model(model_type, **{**values, **overrides})
+
+
+def tiny_model(model_type: str = "llama", seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(tiny_config(model_type, **overrides), dtype=torch.float32).eval()
+
+
+def half_merging_bias(model, ids, target: float = 0.5) -> float:
+    """The decision bias at which about ``target`` of the decisions merge on ``ids``."""
+    captured = []
+    handles = [layer.self_attn.k_proj.register_forward_hook(lambda m, i, o: captured.append(o))
+               for layer in model.model.layers]
+    with torch.no_grad():
+        model(ids, use_cache=False)
+    for h in handles:
+        h.remove()
+    head_dim = model.config.head_dim
+    channel = torch.cat([c[..., head_dim - 1::head_dim].flatten() for c in captured])
+    return float(channel.quantile(1 - target))
+
+
