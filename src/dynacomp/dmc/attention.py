@@ -123,8 +123,12 @@ class DMCAttention(nn.Module):
         if layer is not None and not layer.is_initialized:
             layer.lazy_initialization(k)
         real = self._real_tokens(attention_mask, b, length, hidden_states.device)          # (B, L) bool
-        past_tokens = (cache.tokens if cache is not None and cache.tokens is not None
-                       else torch.zeros(b, dtype=torch.long, device=k.device))
+        if cache is not None and cache.tokens is None:
+            cache.tokens = torch.zeros(b, dtype=torch.long, device=k.device)
+            cache.finished = torch.zeros(b, dtype=torch.bool, device=k.device)
+        if cache is not None:
+            real = real & ~cache.finished[:, None]
+        past_tokens = cache.tokens if cache is not None else torch.zeros(b, dtype=torch.long, device=k.device)
         token_index = past_tokens[:, None] + real.long().cumsum(1) - 1                   # (B, L)
 
         alpha, key_bias = self._decide(k, token_index, real)

@@ -179,8 +179,9 @@ class DMCCache(Cache):
 
     def __init__(self, num_layers: int, page_size: int = 16, window: int = 12):
         super().__init__(layers=[DMCLayer(page_size, window) for _ in range(num_layers)])
-        self.seen = 0                     # token positions fed, padding included
-        self.tokens: Tensor | None = None  # (B,) real tokens per sequence
+        self.seen = 0                       # token positions fed, padding included
+        self.tokens: Tensor | None = None    # (B,) real tokens per sequence
+        self.finished: Tensor | None = None  # (B,) released sequences: later tokens are not stored
 
     @classmethod
     def for_model(cls, model) -> "DMCCache":
@@ -210,14 +211,15 @@ class DMCCache(Cache):
         return False
 
     def release(self, sequences: list[int] | Tensor) -> None:
-        """Return the pages of finished sequences to the pools (their rows are emptied)."""
+        """A sequence has ended: its pages go back to the pools for the others to grow into, and
+        tokens still fed for it (generate pads finished rows) are no longer stored."""
         sequences = torch.as_tensor(sequences, dtype=torch.long)
         for layer in self.layers:
             if layer.is_initialized:
                 heads = layer.rows // self.tokens.numel()
                 rows = (sequences[:, None] * heads + torch.arange(heads)).flatten().to(layer.slots.device)
                 layer.release(rows)
-        self.tokens[sequences.to(self.tokens.device)] = 0
+        self.finished[sequences.to(self.finished.device)] = True
 
     def stats(self) -> dict:
         """Tokens, slots, compression ratio (tokens / slots), bytes, and per-layer-per-head ratios."""

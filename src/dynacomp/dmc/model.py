@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -70,13 +71,37 @@ class DMCModelMixin:
             raise ValueError(f"{total} token positions exceed the model's {limit} positions; "
                              "shorten the prompt or the generation")
 
-    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
-        if model_kwargs.get("cache") is None and generation_config.use_cache is not False:
-            model_kwargs["cache"] = self.new_cache()
-        return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+    def generate(self, *args, **kwargs):
+        """``transformers`` generate with a DMCCache; a sequence's pages are freed when it ends."""
+        config = kwargs.get("generation_config") or self.generation_config
+        if kwargs.get("use_cache", config.use_cache) is not False:
+            cache = kwargs.pop("past_key_values", None) if kwargs.get("cache") is None else kwargs["cache"]
+            kwargs["cache"] = cache = self.new_cache() if cache is None else cache
+            eos = kwargs.get("eos_token_id", config.eos_token_id)
+            if eos is not None:
+                criteria = StoppingCriteriaList(kwargs.pop("stopping_criteria", None) or [])
+                criteria.append(_ReleaseFinished(cache, eos))
+                kwargs["stopping_criteria"] = criteria
+        return super().generate(*args, **kwargs)
 
     def dmc_attentions(self) -> list[DMCAttention]:
         return [m for m in self.modules() if isinstance(m, DMCAttention)]
+
+
+class _ReleaseFinished(StoppingCriteria):
+    """Frees the cache pages of sequences that just emitted a stop token; never stops anything itself."""
+
+    def __init__(self, cache: DMCCache, eos_token_id: int | list[int]):
+        self.cache = cache
+        self.eos = torch.as_tensor(eos_token_id).flatten()
+
+    def __call__(self, input_ids, scores, **kwargs):
+        ended = torch.isin(input_ids[:, -1], self.eos.to(input_ids.device))
+        if self.cache.finished is not None:
+            ended &= ~self.cache.finished.to(ended.device)
+            if ended.any():
+                self.cache.release(ended.nonzero().flatten().cpu())
+        return torch.zeros_like(ended)
 
 
 _DMC_CLASSES: dict[type, type] = {}
