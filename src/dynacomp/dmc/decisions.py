@@ -73,15 +73,16 @@ def accumulate(x: Tensor, alpha: Tensor, omega: Tensor, window: int) -> Tensor:
     With hard decisions this is the omega-weighted mean of the last ``window`` tokens of the run
     ending at i: exactly the slot that the cache holds for that run after token i.
     """
-    length = x.shape[-2]
-    num = omega.unsqueeze(-1) * x
-    den = omega
-    chain = None  # chain[j] = alpha_{j+1} ... alpha_{j+d}: how much of token j reaches token j + d
-    for d in range(1, min(window, length)):
-        chain = alpha[..., 1:] if chain is None else chain[..., :-1] * alpha[..., d:]
-        weight = chain * omega[..., : length - d]
-        num = num + F.pad(weight.unsqueeze(-1) * x[..., : length - d, :], (0, 0, d, 0))
-        den = den + F.pad(weight, (d, 0))
+    width = min(window, x.shape[-2])
+    # Windows ending at each position i, oldest first: entry w is token j = i - width + 1 + w.
+    weighted = F.pad(omega.unsqueeze(-1) * x, (0, 0, width - 1, 0)).unfold(-2, width, 1)   # (B, H, L, D, W)
+    omegas = F.pad(omega, (width - 1, 0)).unfold(-1, width, 1)                              # (B, H, L, W)
+    alphas = F.pad(alpha, (width - 1, 0)).unfold(-1, width, 1)
+    # How much of token j reaches i: alpha_{j+1} ... alpha_i, a reversed cumulative product.
+    reach = torch.cumprod(alphas[..., 1:].flip(-1), dim=-1).flip(-1)
+    reach = torch.cat([reach, torch.ones_like(alphas[..., :1])], dim=-1)
+    num = (weighted * reach.unsqueeze(-2)).sum(-1)
+    den = (omegas * reach).sum(-1)
     return num / den.clamp_min(torch.finfo(den.dtype).tiny).unsqueeze(-1)
 
 
