@@ -12,7 +12,7 @@ import sys
 
 # group name -> module with register(); None: the system has not landed yet.
 GROUPS: dict[str, tuple[str | None, str]] = {
-    "dmc": (None, "Dynamic Memory Compression: retrofit an LLM to merge its KV cache"),
+    "dmc": ("dynacomp.dmc.cli", "Dynamic Memory Compression: retrofit an LLM to merge its KV cache"),
     "dtp": ("dynacomp.dtp.cli", "Dynamic Token Pooling: hourglass character LMs with learned boundaries"),
     "hcpc": (None, "variable-rate hierarchical CPC: speech units and phone segmentation"),
     "vq": (None, "robust vector-quantised bottlenecks and a VQ-VAE"),

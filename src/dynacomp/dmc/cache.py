@@ -140,24 +140,33 @@ class DMCLayer(CacheLayerMixin):
 
         queries: (R, M, D), M = query heads per KV head x query tokens; visible: (R,).
         Returns out (R, M, D) and log-sum-exp (R, M) (-inf, with out 0, where nothing is visible).
+
+        Split-K over pages, as flash-decoding does: every page of the pool yields its own partial
+        softmax (max, sum, weighted values), with K and V read in place; the partials of each
+        row's pages are then combined. Row order of the block table gives the pages grouped by
+        row, so the combination is a segment reduction rather than a scatter.
         """
-        rows, m = queries.shape[:2]
-        owner = self.page_row                                            # (N,)
-        padded_q = torch.cat([queries, queries.new_zeros(1, *queries.shape[1:])])
-        scores = torch.bmm(padded_q[owner], self.k_pool.transpose(1, 2).to(queries.dtype)) * scale  # (N, M, P)
+        rows, m, dim = queries.shape
+        owner = self.page_row.clamp(max=rows - 1)                         # free pages: any row, masked below
+        scores = torch.bmm(queries[owner], self.k_pool.transpose(1, 2).to(queries.dtype)) * scale  # (N, M, P)
         slot = self.page_index[:, None] * self.page_size + torch.arange(self.page_size, device=owner.device)
         padded_visible = torch.cat([visible, visible.new_zeros(1)])
-        scores = scores.masked_fill(~(slot < padded_visible[owner][:, None]).unsqueeze(1), -math.inf)
+        valid = slot < padded_visible[self.page_row][:, None]             # (N, P); free pages see nothing
+        scores = scores.masked_fill(~valid.unsqueeze(1), -math.inf)
+        page_max = scores.amax(-1)                                         # (N, M)
+        safe_max = page_max.nan_to_num(neginf=0.0)
+        weights = torch.exp(scores - safe_max.unsqueeze(-1))
+        page_sum = weights.sum(-1)
+        page_out = torch.bmm(weights, self.v_pool.to(queries.dtype))      # (N, M, D)
 
-        index = owner[:, None].expand(-1, m)
-        row_max = scores.new_full((rows + 1, m), -math.inf).scatter_reduce(
-            0, index, scores.amax(-1), "amax", include_self=True)
-        row_max = torch.where(torch.isinf(row_max), torch.zeros_like(row_max), row_max)
-        weights = torch.exp(scores - row_max[owner].unsqueeze(-1))       # (N, M, P)
-        total = scores.new_zeros(rows + 1, m).index_add_(0, owner, weights.sum(-1))
-        out = scores.new_zeros(rows + 1, m, queries.shape[-1]).index_add_(
-            0, owner, torch.bmm(weights, self.v_pool.to(queries.dtype)))
-        total, out, row_max = total[:rows], out[:rows], row_max[:rows]
+        used = self.block_table >= 0
+        order = self.block_table[used]                                     # pages grouped by row
+        lengths = used.sum(1)
+        row_max = torch.segment_reduce(page_max[order], "max", lengths=lengths, axis=0, initial=-math.inf)
+        row_max = row_max.nan_to_num(neginf=0.0)
+        rescale = torch.exp(safe_max[order] - row_max.repeat_interleave(lengths, 0))  # (n_used, M)
+        total = torch.segment_reduce(page_sum[order] * rescale, "sum", lengths=lengths, axis=0)
+        out = torch.segment_reduce(page_out[order] * rescale.unsqueeze(-1), "sum", lengths=lengths, axis=0)
         lse = torch.where(total > 0, row_max + torch.log(total), torch.full_like(total, -math.inf))
         return out / total.clamp_min(torch.finfo(total.dtype).tiny).unsqueeze(-1), lse
 
