@@ -219,3 +219,14 @@ def test_bad_input_is_refused():
         model(torch.zeros(1, 3, dtype=torch.long), cache=DynamicCache(config=model.config))
     with pytest.raises(ValueError, match="window"):
         DMCConfig(window=0)
+
+
+def test_bfloat16_model_decodes_like_its_teacher_forced_pass():
+    model = tiny_model().to(torch.bfloat16)
+    ids = torch.randint(0, 97, (2, 30))
+    convert(model, DMCConfig(force_cr=3))
+    with torch.no_grad():
+        teacher_forced = model(ids, use_cache=False).logits.float()
+    decoded, cache = decode_step_by_step(model, ids, prefix=11)
+    assert decoded.dtype == torch.bfloat16 and cache.layers[0].k_pool.dtype == torch.bfloat16
+    assert (decoded.float() - teacher_forced).abs().max() < 0.05 * teacher_forced.abs().max()

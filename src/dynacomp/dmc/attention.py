@@ -42,14 +42,15 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 def _block_attention(q: Tensor, k: Tensor, v: Tensor, key_bias: Tensor, start: int, scale: float):
     """Queries start..start+C of a chunk against keys 0..start+C-1. q: (B, H, G, C, D)."""
     end = start + q.shape[-2]
-    scores = torch.einsum("bhgqd,bhkd->bhgqk", q, k[:, :, :end]) * scale
+    scores = torch.einsum("bhgqd,bhkd->bhgqk", q, k[:, :, :end]).float() * scale  # softmax in fp32
     q_pos = torch.arange(start, end, device=q.device)[:, None]
     k_pos = torch.arange(end, device=q.device)[None, :]
     bias = key_bias[:, :, None, None, :end]
     bias = torch.where(k_pos < q_pos, bias, torch.where(k_pos == q_pos, 0.0, -math.inf))
     scores = scores + bias
     lse = torch.logsumexp(scores, dim=-1)
-    out = torch.einsum("bhgqk,bhkd->bhgqd", torch.exp(scores - lse.unsqueeze(-1)), v[:, :, :end])
+    probs = torch.exp(scores - lse.unsqueeze(-1)).to(v.dtype)
+    out = torch.einsum("bhgqk,bhkd->bhgqd", probs, v[:, :, :end]).float()
     return out, lse
 
 
@@ -137,11 +138,8 @@ class DMCAttention(nn.Module):
         k = decisions.without_decision_channel(k)
 
         cos, sin = position_embeddings
-        if layer is None:
-            k_state = decisions.accumulate(k.float(), alpha.float(), omega, self.dmc.window).to(k.dtype)
-            v_state = decisions.accumulate(v.float(), alpha.float(), omega, self.dmc.window).to(v.dtype)
-        else:
-            k_state, v_state = self._accumulate_with_run(layer, k, v, alpha, omega)
+        kv = torch.cat([k, v], dim=-1)                                                   # (B, H, L, 2D)
+        k_state, v_state = self._accumulate(layer, kv, alpha, omega).to(k.dtype).chunk(2, dim=-1)
         k_rot = apply_rope(k_state, cos, sin)
         q_rot = apply_rope(q, cos, sin).view(b, h, g, length, self.head_dim)
 
@@ -152,13 +150,13 @@ class DMCAttention(nn.Module):
                 past_out, past_lse = layer.attend(q_rot.reshape(b * h, g * length, self.head_dim), visible,
                                                   self.scaling)
                 out, lse = merge_attention(out, lse, past_out.view_as(out), past_lse.view_as(lse))
-            self._store(layer, k, v, k_rot, v_state, alpha, omega, real)
+            self._store(layer, kv, k_rot, v_state, alpha, omega, real)
             if self.layer_idx == len(cache.layers) - 1:
                 cache.seen += length
                 cache.tokens = past_tokens + real.long().sum(1)
         self.last_alpha = alpha
         out = out.reshape(b, self.num_heads, length, self.head_dim).transpose(1, 2).reshape(b, length, -1)
-        return self.o_proj(out), None
+        return self.o_proj(out.to(hidden_states.dtype)), None
 
     @staticmethod
     def _real_tokens(attention_mask: Tensor | None, b: int, length: int, device) -> Tensor:
@@ -197,23 +195,24 @@ class DMCAttention(nn.Module):
         bias = bias.masked_fill(~real[:, None, :], -math.inf)
         return alpha, bias
 
-    def _accumulate_with_run(self, layer: DMCLayer, k: Tensor, v: Tensor, alpha: Tensor, omega: Tensor):
-        """Partial accumulation of the chunk continuing each row's open run from the cache."""
-        b, h, length, d = k.shape
-        run = layer.run
-        w = run.omega.shape[1]
-        ext = lambda past, new: torch.cat([past.view(b, h, w, *past.shape[2:]).to(new.dtype), new], dim=2)
-        ext_alpha = torch.cat([alpha.new_ones(b, h, w), alpha], dim=2)
-        ext_omega = ext(run.omega, omega.float())
-        k_state = decisions.accumulate(ext(run.keys, k).float(), ext_alpha.float(), ext_omega, self.dmc.window)
-        v_state = decisions.accumulate(ext(run.values, v).float(), ext_alpha.float(), ext_omega, self.dmc.window)
-        return k_state[:, :, w:].to(k.dtype), v_state[:, :, w:].to(v.dtype)
+    def _accumulate(self, layer: DMCLayer | None, kv: Tensor, alpha: Tensor, omega: Tensor) -> Tensor:
+        """Partial accumulation of the chunk's keys and values (B, H, L, 2D), continuing each
+        row's open run from the cache when there is one (in fp32)."""
+        past = 0
+        if layer is not None:
+            b, h = kv.shape[:2]
+            past = layer.run.omega.shape[1]
+            kv = torch.cat([layer.run.kv.view(b, h, past, -1).to(kv.dtype), kv], dim=2)
+            alpha = torch.cat([alpha.new_ones(b, h, past), alpha], dim=2)
+            omega = torch.cat([layer.run.omega.view(b, h, past), omega.float()], dim=2)
+        state = decisions.accumulate(kv.float(), alpha.float(), omega.float(), self.dmc.window)
+        return state[:, :, past:]
 
     @torch.no_grad()
-    def _store(self, layer: DMCLayer, k: Tensor, v: Tensor, k_rot: Tensor, v_state: Tensor,
+    def _store(self, layer: DMCLayer, kv: Tensor, k_rot: Tensor, v_state: Tensor,
                alpha: Tensor, omega: Tensor, real: Tensor) -> None:
-        """Write the chunk's group ends as slots and keep the new open run."""
-        b, h, length, d = k.shape
+        """Write the chunk's group ends as slots and keep the new open run (kv: (B, H, L, 2D))."""
+        b, h, length, _ = kv.shape
         merges = alpha.detach() > 0.5                                                   # (B, H, L)
         closes = torch.cat([~merges[..., 1:], merges.new_ones(b, h, 1)], dim=2) & real[:, None, :]
         first_slot = layer.slots - merges[..., 0].reshape(-1).long()                  # (R,)
@@ -229,12 +228,10 @@ class DMCAttention(nn.Module):
         if w == 0:
             return
         appends = (~merges) & real[:, None, :]
-        index = torch.arange(length, device=k.device)
+        index = torch.arange(length, device=kv.device)
         last_append = torch.where(appends, index + w, 0).amax(2, keepdim=True)       # in extended coordinates
-        keep = torch.arange(w + length, device=k.device) >= last_append               # (B, H, w+L)
-        ext_k = torch.cat([run.keys.view(b, h, w, d), k.to(run.keys.dtype)], 2)
-        ext_v = torch.cat([run.values.view(b, h, w, d), v.to(run.values.dtype)], 2)
+        keep = torch.arange(w + length, device=kv.device) >= last_append              # (B, H, w+L)
+        ext_kv = torch.cat([run.kv.view(b, h, w, -1), kv.to(run.kv.dtype)], 2)
         ext_w = torch.cat([run.omega.view(b, h, w), omega.float()], 2) * keep
-        run.keys = ext_k[:, :, -w:].reshape(b * h, w, d).contiguous()
-        run.values = ext_v[:, :, -w:].reshape(b * h, w, d).contiguous()
+        run.kv = ext_kv[:, :, -w:].reshape(b * h, w, -1).contiguous()
         run.omega = ext_w[:, :, -w:].reshape(b * h, w).contiguous()

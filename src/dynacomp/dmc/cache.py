@@ -28,10 +28,9 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 class OpenRun:
     """The last ``window - 1`` tokens of every row's open merge group, oldest first.
 
-    keys, values: (R, W-1, D) pre-RoPE; omega: (R, W-1), 0 for empty entries.
+    kv: (R, W-1, 2D) pre-RoPE keys and values side by side; omega: (R, W-1), 0 for empty entries.
     """
-    keys: Tensor
-    values: Tensor
+    kv: Tensor
     omega: Tensor
 
 
@@ -65,8 +64,7 @@ class DMCLayer(CacheLayerMixin):
         self.v_pool = key_states.new_zeros(0, self.page_size, dim)
         self.page_row = torch.zeros(0, dtype=torch.long, device=self.device)
         self.page_index = torch.zeros(0, dtype=torch.long, device=self.device)
-        self.run = OpenRun(key_states.new_zeros(rows, w, dim), key_states.new_zeros(rows, w, dim),
-                           key_states.new_zeros(rows, w, dtype=torch.float32))
+        self.run = OpenRun(key_states.new_zeros(rows, w, 2 * dim), key_states.new_zeros(rows, w, dtype=torch.float32))
         self.is_initialized = True
 
     def update(self, key_states, value_states, cache_kwargs=None):
@@ -148,7 +146,8 @@ class DMCLayer(CacheLayerMixin):
         """
         rows, m, dim = queries.shape
         owner = self.page_row.clamp(max=rows - 1)                         # free pages: any row, masked below
-        scores = torch.bmm(queries[owner], self.k_pool.transpose(1, 2).to(queries.dtype)) * scale  # (N, M, P)
+        scores = torch.bmm(queries[owner].to(self.k_pool.dtype), self.k_pool.transpose(1, 2)).float() * scale
+        # scores: (N, M, P), softmax statistics in fp32
         slot = self.page_index[:, None] * self.page_size + torch.arange(self.page_size, device=owner.device)
         padded_visible = torch.cat([visible, visible.new_zeros(1)])
         valid = slot < padded_visible[self.page_row][:, None]             # (N, P); free pages see nothing
@@ -157,7 +156,7 @@ class DMCLayer(CacheLayerMixin):
         safe_max = page_max.nan_to_num(neginf=0.0)
         weights = torch.exp(scores - safe_max.unsqueeze(-1))
         page_sum = weights.sum(-1)
-        page_out = torch.bmm(weights, self.v_pool.to(queries.dtype))      # (N, M, D)
+        page_out = torch.bmm(weights.to(self.v_pool.dtype), self.v_pool).float()  # (N, M, D)
 
         used = self.block_table >= 0
         order = self.block_table[used]                                     # pages grouped by row
