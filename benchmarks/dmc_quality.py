@@ -1,0 +1,150 @@
+"""DMC against its peers at equal cache memory: perplexity against memory ratio, passkey retrieval.
+
+    python benchmarks/dmc_quality.py --out docs/results/dmc_quality.md
+    python benchmarks/dmc_quality.py --dmc-checkpoints runs/dmc-cr4 --out docs/results/dmc_quality.md
+    python benchmarks/dmc_quality.py --smoke          # tiny sizes, written under /tmp: proves it runs
+
+Perplexity (``dynacomp.dmc.evaluate.perplexity_online``, every token decoded through the
+compressed cache) for vanilla, DMC with a fixed pattern (``dmc_forced``), StreamingLLM, H2O and
+TOVA at every ``--crs`` ratio, int8 and int4 once (their ratio is set by the bit width), and each
+trained DMC checkpoint at its own ratio; passkey accuracy per context length for every method at
+``--passkey-cr``. Writes a markdown file, a JSON file and two plots beside ``--out``, each
+naming the command, the machine and the date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+from dynacomp.dmc.eval_cli import MethodConfig, load_for_eval
+from dynacomp.dmc.evaluate import LABELS, EvalOptions, passkey, perplexity_online, plot_passkey, plot_perplexity
+from dynacomp.io import atomic_path, write_json, write_text
+
+EVICTION = ("dmc_forced", "streaming_llm", "h2o", "tova")
+QUANTISED = ("int8", "int4")
+SMOKE = dict(crs=[4], context=32, max_tokens=64, batch_size=2, passkey_lengths=[96], trials=1,
+             chunk=1, out=Path("/tmp/dmc_quality_smoke/dmc_quality.md"))
+
+
+def machine(device: str) -> str:
+    cpu = platform.processor() or platform.machine()
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name(device)}, {os.cpu_count()} CPU cores ({cpu})"
+    return f"{os.cpu_count()} CPU cores ({cpu}), {torch.get_num_threads()} torch threads, no GPU"
+
+
+def perplexity_table(rows: list[dict]) -> str:
+    lines = ["| method | requested CR | memory ratio | perplexity | seconds |", "|---|---|---|---|---|"]
+    for r in rows:
+        requested = "-" if r["method"] in ("vanilla", "dmc", *QUANTISED) else f"{r['cr']:g}"
+        name = LABELS[r["method"]] + (f" `{r['model']}`" if r["method"] == "dmc" else "")
+        lines.append(f"| {name} | {requested} | {r['ratio']:.2f} | {r['perplexity']:.3f} | {r['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def passkey_table(results: list[dict]) -> str:
+    lengths = [row["context"] for row in results[0]["results"]]
+    lines = ["| method | memory ratio | " + " | ".join(f"{n} tokens" for n in lengths) + " |",
+             "|---|---|" + "---|" * len(lengths)]
+    for r in results:
+        cells = " | ".join(f"{row['correct']}/{row['trials']}" for row in r["results"])
+        lines.append(f"| {LABELS[r['method']]} | {r['ratio']:.2f} | {cells} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m", help="the base model for every method but trained DMC")
+    parser.add_argument("--dmc-checkpoints", nargs="*", default=[], help="retrofitted DMC checkpoints to add")
+    parser.add_argument("--crs", nargs="+", type=float, default=[2, 3, 4, 8])
+    parser.add_argument("--context", type=int, default=512)
+    parser.add_argument("--max-tokens", type=int, default=None, help="score only the first N test tokens")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--chunk", type=int, default=1, help="tokens per forward for online methods (1: exact)")
+    parser.add_argument("--passkey-lengths", nargs="+", type=int, default=[512, 1024, 2048, 4096])
+    parser.add_argument("--passkey-cr", type=float, default=4)
+    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--out", type=Path, default=Path("docs/results/dmc_quality.md"))
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, written under /tmp (not results)")
+    args = parser.parse_args()
+    if args.smoke:
+        vars(args).update(SMOKE)
+
+    base = MethodConfig(model=args.model, device=args.device, dtype=args.dtype)
+    model, tokenizer = load_for_eval(base)
+    from dynacomp.data.text import load_split
+    ids = torch.tensor(tokenizer(load_split("english", "test"), add_special_tokens=False)["input_ids"])
+    options = EvalOptions(batch_size=args.batch_size, max_tokens=args.max_tokens, chunk=args.chunk)
+    pk_options = EvalOptions(chunk=args.chunk)
+
+    def ppl(m, method: str, cr: float, name: str) -> dict:
+        return {**perplexity_online(m, ids, method, cr, args.context, options), "model": name}
+
+    rows = [ppl(model, "vanilla", 1, args.model)]
+    rows += [ppl(model, method, 1, args.model) for method in QUANTISED]
+    # dmc_forced at CR 1 shows what stripping the decision channel alone costs a model never retrofitted
+    rows += [ppl(model, method, cr, args.model) for method in EVICTION
+             for cr in ([1, *args.crs] if method == "dmc_forced" else args.crs)]
+    keys = [passkey(model, tokenizer, method, args.passkey_cr, args.passkey_lengths, args.trials, 0, pk_options)
+            for method in ("vanilla", *QUANTISED, *EVICTION)]
+    for checkpoint in args.dmc_checkpoints:
+        dmc, dmc_tokenizer = load_for_eval(MethodConfig(model=checkpoint, device=args.device, dtype=args.dtype))
+        if dmc_tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise SystemExit(f"{checkpoint} has another tokenizer than {args.model}: perplexities would not compare")
+        rows.append(ppl(dmc, "dmc", 1, checkpoint))
+        keys.append({**passkey(dmc, tokenizer, "dmc", 1, args.passkey_lengths, args.trials, 0, pk_options),
+                     "model": checkpoint})
+
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    header = {"command": command, "machine": machine(args.device), "date": datetime.date.today().isoformat(),
+              "model": args.model, "context": args.context, "scored_tokens": rows[0]["tokens"], "dtype": args.dtype}
+    stem = args.out.with_suffix("")
+    for path, plot, results, title in (
+            (stem.with_name(stem.name + "_perplexity.png"), plot_perplexity, rows,
+             f"{args.model}, context {args.context}"),
+            (stem.with_name(stem.name + "_passkey.png"), plot_passkey, keys,
+             f"{args.model}, passkey, CR {args.passkey_cr:g}")):
+        with atomic_path(path) as tmp:
+            plot(results, tmp, title)
+    write_json(args.out.with_suffix(".json"), {**header, "perplexity": rows, "passkey": keys})
+    write_text(args.out, f"""# DMC and its peers at equal cache memory
+
+Command: `{command}`  
+Machine: {header['machine']}  
+Date: {header['date']}
+
+Model `{args.model}` ({args.dtype}); every token is decoded through the compressed cache
+(`dynacomp dmc eval`), online: each window is read {args.chunk} token(s) per forward after a 1-token
+prefix; vanilla and DMC, whose prefill is exact, in blocks. Memory ratio: tokens per cache slot
+(eviction, DMC), or 16-bit dense bytes over stored bytes with scales, zero points and the
+full-precision residual window counted in 16 bits (int8, int4).
+`dmc_forced` is DMC with a fixed merge pattern on a model that was not retrofitted: its row at
+CR 1 (no merging) shows the cost of giving up the repurposed decision channel alone.
+
+## Perplexity, English test split, windows of {args.context} tokens ({header['scored_tokens']} tokens scored)
+
+{perplexity_table(rows)}
+
+![perplexity against memory ratio]({stem.name}_perplexity.png)
+
+## Passkey retrieval (correct / trials), CR {args.passkey_cr:g}
+
+{passkey_table(keys)}
+
+![passkey accuracy]({stem.name}_passkey.png)
+""")
+    print(args.out.read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""``dynacomp dmc eval`` and ``dynacomp dmc passkey``: DMC and its peers at equal cache memory.
+
+``register_eval(dmc_subparsers)`` adds both commands to the ``dmc`` group's sub-parsers.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from dynacomp.config import add_config_args, config_from_args, field
+from dynacomp.console import add_json_flag, emit
+from dynacomp.dmc.evaluate import LABELS, METHODS, EvalOptions, passkey, perplexity_online
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class MethodConfig:
+    model: str = field("smollm2-135m", help="embedded name, local folder, Hugging Face id, or a DMC checkpoint "
+                                            "folder (for --method dmc)")
+    method: Literal[METHODS] = field("vanilla", help="how the KV cache is kept")
+    cr: float = field(4.0, help="compression ratio: eviction keeps ceil(tokens / CR) slots per KV head; "
+                                "dmc_forced merges at this ratio; ignored by vanilla, dmc, int8 and int4")
+    device: str = field("cpu", help="torch device")
+    dtype: Literal[tuple(DTYPES)] = field("float32", help="model weights and cache dtype")
+
+
+@dataclass
+class PerplexityConfig(MethodConfig):
+    context: int = field(512, help="tokens per window (windows do not overlap)")
+    data: Path | None = field(None, help="a UTF-8 text file to score; None: the embedded English test split")
+
+
+@dataclass
+class PasskeyConfig(MethodConfig):
+    lengths: tuple[int, ...] = field((512, 1024, 2048, 4096), help="prompt lengths in tokens")
+    trials: int = field(10, help="prompts per length")
+    seed: int = field(0, help="seed of the keys and their depths")
+
+
+def register_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="perplexity with every token decoded through a compressed cache",
+                       description="Perplexity of a model whose KV cache is compressed online while it reads, at "
+                                   "equal cache memory across methods: vanilla; dmc (a retrofitted checkpoint); "
+                                   "dmc_forced (a fixed merge pattern at --cr); streaming_llm, h2o, tova (eviction "
+                                   "to ceil(tokens / CR) slots per KV head); int8, int4 (KIVI-style quantisation).")
+    add_config_args(p, PerplexityConfig)
+    add_config_args(p, EvalOptions)
+    add_json_flag(p)
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("passkey", help="passkey retrieval accuracy against context length",
+                       description="A 5-digit key hidden at a random depth of filler text, asked for at the end; "
+                                   "the prompt is read through the method's compressed cache, the answer is greedy.")
+    add_config_args(p, PasskeyConfig)
+    add_config_args(p, EvalOptions)
+    add_json_flag(p)
+    p.set_defaults(func=_passkey)
+
+
+def load_for_eval(config: MethodConfig):
+    """``(model, tokenizer)`` on the configured device: a DMC checkpoint or a plain causal LM."""
+    from dynacomp.dmc import is_dmc_checkpoint, load
+    from dynacomp.models import load_causal_lm
+
+    dtype = DTYPES[config.dtype]
+    if is_dmc_checkpoint(config.model):
+        model, tokenizer = load(config.model, dtype=dtype)
+        if tokenizer is None:
+            raise SystemExit(f"{config.model} holds no tokenizer: save the checkpoint with its tokenizer")
+    else:
+        model, tokenizer = load_causal_lm(config.model, dtype=dtype)
+    return model.to(config.device), tokenizer
+
+
+def _eval(args: argparse.Namespace) -> None:
+    config = config_from_args(PerplexityConfig, args)
+    options = config_from_args(EvalOptions, args)
+    model, tokenizer = load_for_eval(config)
+    text = config.data.read_text(encoding="utf-8") if config.data is not None else None
+    result = perplexity_online(model, tokenizer, config.method, config.cr, config.context, options, text=text)
+    result.update(model=config.model, data=str(config.data) if config.data else "english test split")
+    emit(result, args.json, lambda r: (f"{LABELS[r['method']]}: perplexity {r['perplexity']:.3f} at memory ratio "
+                                       f"{r['ratio']:.2f} ({r['tokens']} tokens in {r['windows']} windows of "
+                                       f"{r['context']}, {r['seconds']:.0f} s)"))
+
+
+def _passkey(args: argparse.Namespace) -> None:
+    config = config_from_args(PasskeyConfig, args)
+    options = config_from_args(EvalOptions, args)
+    model, tokenizer = load_for_eval(config)
+    result = passkey(model, tokenizer, config.method, config.cr, config.lengths, config.trials, config.seed, options)
+    result["model"] = config.model
+
+    def render(r: dict) -> str:
+        lines = [f"{LABELS[r['method']]}, memory ratio {r['ratio']:.2f}", "context  accuracy"]
+        lines += [f"{row['context']:>7}  {row['correct']}/{row['trials']}" for row in r["results"]]
+        return "\n".join(lines)
+
+    emit(result, args.json, render)

@@ -1,0 +1,316 @@
+"""DMC against the methods users would pick instead, at equal cache memory, on one harness.
+
+Methods (``METHODS``):
+
+* ``vanilla``: the model's own dense cache.
+* ``dmc``: a DMC model with learned decisions (``dynacomp.dmc.load`` of a retrofitted checkpoint).
+* ``dmc_forced``: a DMC copy of the model whose decisions follow a fixed pattern with ratio ``cr``
+  (``DMCConfig(force_cr=cr)``); on a model that was never retrofitted this is DMC untrained.
+* ``streaming_llm``, ``h2o``, ``tova``: eviction policies on a ``BudgetCache`` that holds at most
+  ``ceil(t / cr)`` slots per (sequence, KV head) after ``t`` tokens (``dynacomp.dmc.baselines``).
+* ``int8``, ``int4``: a KIVI-style quantised cache (``dynacomp.dmc.quantized``); its ratio is set
+  by the bit width, group and residual window, not by ``cr``.
+
+Every token is decoded through the method's cache as it is built, online: a window is fed as a
+prefix of ``prefix`` tokens, then ``chunk`` tokens per forward (1: exactly token by token).
+For vanilla and DMC one forward over many tokens gives exactly the logits of feeding them one by
+one (DMC's prefill is exact; tested in tests/dmc), so they are fed ``parallel_chunk`` at a time.
+
+The ``ratio`` reported for every method is a memory ratio at the end of each window, averaged
+over windows: tokens per slot for DMC and eviction, 16-bit dense bytes over stored bytes for the
+quantised cache (``dynacomp.dmc.quantized``), 1 for vanilla.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import random
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from transformers.cache_utils import Cache, DynamicCache
+
+from dynacomp.config import field
+from dynacomp.console import progress
+from dynacomp.dmc.baselines import H2O, TOVA, BudgetCache, StreamingLLM, use_budget_attention
+from dynacomp.dmc.config import DMCConfig
+from dynacomp.dmc.model import DMCModelMixin, convert
+from dynacomp.dmc.quantized import QuantizedKVCache
+
+METHODS = ("vanilla", "dmc", "dmc_forced", "streaming_llm", "h2o", "tova", "int8", "int4")
+LABELS = {"vanilla": "vanilla", "dmc": "DMC (trained)", "dmc_forced": "DMC (force_cr, untrained)",
+          "streaming_llm": "StreamingLLM", "h2o": "H2O", "tova": "TOVA", "int8": "int8 (KIVI)",
+          "int4": "int4 (KIVI)"}
+
+
+@dataclass
+class EvalOptions:
+    """How the harness feeds tokens and how the peers are set up."""
+    batch_size: int = field(4, help="windows decoded together")
+    max_tokens: int | None = field(None, help="use only the first N tokens of the text (None: all)")
+    prefix: int = field(1, help="tokens of each window or prompt prefilled densely before online decoding")
+    chunk: int = field(1, help="tokens per forward after the prefix, for methods that compress online "
+                               "(1: exactly token by token; more is faster but lets a chunk see itself "
+                               "uncompressed)")
+    parallel_chunk: int = field(256, help="tokens per forward for vanilla and DMC, whose prefill is exact")
+    sinks: int = field(4, help="StreamingLLM: first tokens always kept")
+    h2o_recent: float = field(0.5, help="H2O: share of the budget kept for the most recent tokens")
+    quant_group: int = field(64, help="int8/int4: numbers sharing a scale and zero point")
+    quant_residual: int = field(128, help="int8/int4: newest tokens kept in full precision "
+                                          "(a multiple of the group)")
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "prefix", "chunk", "parallel_chunk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class Runner:
+    """A model ready to run one method: its cache factory and how tokens may be fed."""
+    model: torch.nn.Module
+    new_cache: Callable[[], Cache]
+    exact_prefill: bool
+
+    def pieces(self, length: int, options: EvalOptions) -> list[tuple[int, int]]:
+        """(start, end) of the forwards that feed ``length`` tokens."""
+        if self.exact_prefill:
+            return _pieces(length, options.parallel_chunk, options.parallel_chunk)
+        return _pieces(length, options.prefix, options.chunk)
+
+
+def _pieces(length: int, first: int, size: int) -> list[tuple[int, int]]:
+    bounds = [0, min(first, length)]
+    while bounds[-1] < length:
+        bounds.append(min(bounds[-1] + size, length))
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+@contextlib.contextmanager
+def method_runner(model, method: str, cr: float, options: EvalOptions | None = None) -> Iterator[Runner]:
+    """Set ``model`` up for ``method`` at ratio ``cr`` inside the block; ``model`` is left as it was."""
+    options = options or EvalOptions()
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+    if cr < 1:
+        raise ValueError(f"the compression ratio must be >= 1, got {cr}")
+    is_dmc = isinstance(model, DMCModelMixin)
+    if method == "dmc":
+        if not is_dmc or model.dmc_config.force_cr is not None:
+            raise ValueError("method 'dmc' needs a DMC checkpoint with learned decisions "
+                             "(retrofit one with `dynacomp dmc retrofit`); use 'dmc_forced' for the fixed pattern")
+        yield Runner(model, model.new_cache, exact_prefill=True)
+    elif method == "dmc_forced":
+        if is_dmc:
+            config = model.dmc_config
+            convert(model, replace(config, force_cr=cr))
+            try:
+                yield Runner(model, model.new_cache, exact_prefill=True)
+            finally:
+                convert(model, config)
+        else:
+            forced = convert(copy.deepcopy(model), DMCConfig(force_cr=cr))
+            yield Runner(forced, forced.new_cache, exact_prefill=True)
+    elif is_dmc:
+        raise ValueError(f"method {method!r} runs on a plain model; this one is a DMC model (use 'dmc' or "
+                         "'dmc_forced', or load the base model)")
+    elif method == "vanilla":
+        yield Runner(model, lambda: DynamicCache(config=model.config), exact_prefill=True)
+    elif method in ("int8", "int4"):
+        bits = int(method[3:])
+        yield Runner(model, lambda: QuantizedKVCache.for_model(model, bits, options.quant_group,
+                                                               options.quant_residual), exact_prefill=False)
+    else:
+        policy = {"streaming_llm": StreamingLLM(options.sinks), "h2o": H2O(options.h2o_recent),
+                  "tova": TOVA()}[method]
+        with use_budget_attention(model):
+            yield Runner(model, lambda: BudgetCache.for_model(model, policy, cr), exact_prefill=False)
+
+
+def memory_ratio(cache: Cache) -> float:
+    """The cache's compression ratio (module docstring); 1 for a plain dense cache."""
+    return float(cache.stats()["compression_ratio"]) if hasattr(cache, "stats") else 1.0
+
+
+def window_nll(model, cache: Cache, ids: Tensor, pieces: list[tuple[int, int]]) -> Tensor:
+    """Summed negative log-likelihood (B,) of tokens 1..T-1 of ``ids`` (B, T), each predicted by the
+    model reading ``ids`` through ``cache``, one forward per (start, end) piece."""
+    nll = torch.zeros(ids.shape[0], dtype=torch.float64, device=ids.device)
+    for start, end in pieces:
+        logits = model(ids[:, start:end], cache=cache).logits                  # (B, end - start, V)
+        targets = ids[:, start + 1:end + 1]
+        logits = logits[:, :targets.shape[1]].float()
+        nll += F.cross_entropy(logits.transpose(1, 2), targets, reduction="none").sum(1).double()
+    return nll
+
+
+def _token_ids(tokens, text: str | None) -> Tensor:
+    if isinstance(tokens, Tensor):
+        return tokens.flatten()
+    if text is None:
+        from dynacomp.data.text import load_split
+        text = load_split("english", "test")
+    return torch.tensor(tokens(text, add_special_tokens=False)["input_ids"])
+
+
+@torch.no_grad()
+def perplexity_online(model, tokens, method: str, cr: float, context: int, options: EvalOptions | None = None,
+                      text: str | None = None) -> dict:
+    """Perplexity with every token decoded through ``method``'s cache at ratio ``cr``.
+
+    ``tokens``: token ids (N,), or a tokenizer for ``text`` (default: the embedded English test
+    split). The ids are cut into non-overlapping windows of ``context`` tokens (the tail that fills
+    none is left out); each window scores all its tokens but the first.
+    """
+    options = options or EvalOptions()
+    if context < 2:
+        raise ValueError(f"context must be >= 2, got {context}")
+    ids = _token_ids(tokens, text)[:options.max_tokens]
+    count = ids.numel() // context
+    if count == 0:
+        raise ValueError(f"{ids.numel()} tokens do not fill one window of {context}; use a longer text "
+                         "or a smaller --context")
+    windows = ids[:count * context].view(count, context)
+    device = next(model.parameters()).device
+    total, ratio = 0.0, 0.0
+    started = time.perf_counter()
+    with method_runner(model, method, cr, options) as runner:
+        pieces = runner.pieces(context, options)
+        for batch in progress(windows.split(options.batch_size), desc=f"{method} cr={cr:g}", unit="batch"):
+            cache = runner.new_cache()
+            total += float(window_nll(runner.model, cache, batch.to(device), pieces).sum())
+            ratio += memory_ratio(cache) * batch.shape[0]
+    scored = count * (context - 1)
+    return {"method": method, "cr": cr, "ratio": ratio / count, "perplexity": math.exp(total / scored),
+            "nll": total / scored, "tokens": scored, "windows": count, "context": context,
+            "prefix": options.prefix, "chunk": options.chunk, "seconds": time.perf_counter() - started}
+
+
+# -- passkey retrieval ------------------------------------------------------------------------------
+
+PASSKEY_INTRO = ("Somewhere in the long text below a pass key is hidden among sentences that do not matter. "
+                 "Find it and keep it in mind: you will be asked for it at the end.\n")
+PASSKEY_FILLER = "The river runs to the sea. The hills are quiet. The wind turns the old mill. Day follows night. "
+PASSKEY_NEEDLE = "The pass key is {key}. Keep it: {key} is the pass key. "
+PASSKEY_QUESTION = "\nWhat is the pass key? The pass key is"
+
+
+def passkey_prompt(tokenizer, length: int, depth: float, key: int) -> Tensor:
+    """Token ids (T,), T <= ``length`` (as close as whole filler units allow): the introduction,
+    filler with the needle after a ``depth`` share (0..1) of it, and the question."""
+    def build(units: int) -> Tensor:
+        before = round(depth * units)
+        text = (PASSKEY_INTRO + PASSKEY_FILLER * before + PASSKEY_NEEDLE.format(key=key)
+                + PASSKEY_FILLER * (units - before) + PASSKEY_QUESTION)
+        return torch.tensor(tokenizer(text)["input_ids"])
+
+    per_unit = len(tokenizer(PASSKEY_FILLER * 8)["input_ids"]) / 8
+    units = max(0, int((length - build(0).numel()) / per_unit))
+    ids = build(units)
+    while ids.numel() > length and units > 0:
+        units -= 1
+        ids = build(units)
+    return ids
+
+
+def greedy_answer(runner: Runner, prompt: Tensor, options: EvalOptions, new_tokens: int) -> tuple[list[int], Cache]:
+    """Greedy continuation (token ids) of ``prompt`` (1, T), read through a fresh cache of ``runner``."""
+    cache = runner.new_cache()
+    for start, end in runner.pieces(prompt.shape[1], options):
+        logits = runner.model(prompt[:, start:end], cache=cache).logits
+    answer = []
+    for _ in range(new_tokens):
+        token = logits[:, -1].argmax(-1, keepdim=True)               # (1, 1)
+        answer.append(int(token))
+        if len(answer) < new_tokens:
+            logits = runner.model(token, cache=cache).logits
+    return answer, cache
+
+
+@torch.no_grad()
+def passkey(model, tokenizer, method: str, cr: float, context_lengths: tuple[int, ...] | list[int], trials: int,
+            seed: int = 0, options: EvalOptions | None = None, answer_tokens: int = 8) -> dict:
+    """Passkey retrieval accuracy per context length: a random 5-digit key at a random depth of
+    filler text, asked for at the end; the greedy answer's first number must equal the key."""
+    options = options or EvalOptions()
+    rng = random.Random(seed)
+    device = next(model.parameters()).device
+    rows, ratios = [], []
+    started = time.perf_counter()
+    with method_runner(model, method, cr, options) as runner:
+        bar = progress(total=len(context_lengths) * trials, desc=f"passkey {method} cr={cr:g}", unit="trial")
+        for length in context_lengths:
+            correct, tokens = 0, 0
+            for _ in range(trials):
+                key, depth = rng.randint(10000, 99999), rng.random()
+                prompt = passkey_prompt(tokenizer, length, depth, key)
+                answer, cache = greedy_answer(runner, prompt[None].to(device), options, answer_tokens)
+                found = re.search(r"\d+", tokenizer.decode(answer, skip_special_tokens=True))
+                correct += found is not None and found.group() == str(key)
+                tokens += prompt.numel()
+                ratios.append(memory_ratio(cache))
+                bar.update()
+            rows.append({"context": length, "accuracy": correct / trials, "correct": correct, "trials": trials,
+                         "mean_prompt_tokens": tokens / trials})
+        bar.close()
+    return {"method": method, "cr": cr, "ratio": sum(ratios) / len(ratios), "results": rows,
+            "prefix": options.prefix, "chunk": options.chunk, "seconds": time.perf_counter() - started}
+
+
+# -- plots --------------------------------------------------------------------------------------------
+
+def plot_perplexity(results: list[dict], path: str | Path, title: str = "") -> None:
+    """Perplexity against the measured memory ratio, one line per method (``perplexity_online`` dicts)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for method in METHODS:
+        points = sorted((r["ratio"], r["perplexity"]) for r in results if r["method"] == method)
+        if not points:
+            continue
+        if method == "vanilla":
+            ax.axhline(points[0][1], color="black", linestyle="--", linewidth=1, label=LABELS[method])
+            continue
+        ax.plot(*zip(*points), marker="o", label=LABELS[method])
+    ax.set_xlabel("memory ratio (dense 16-bit cache / this cache)")
+    ax.set_ylabel("perplexity")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_passkey(results: list[dict], path: str | Path, title: str = "") -> None:
+    """Passkey accuracy against context length, one line per (method, ratio) (``passkey`` dicts)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for result in results:
+        rows = result["results"]
+        label = LABELS[result["method"]] + ("" if result["method"] == "vanilla" else f", ratio {result['ratio']:.2g}")
+        ax.plot([r["context"] for r in rows], [r["accuracy"] for r in rows], marker="o", label=label)
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("passkey accuracy")
+    ax.set_xscale("log", base=2)
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,129 @@
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dynacomp.dmc import DMCConfig, convert, zero_decision_channels
+from dynacomp.dmc.evaluate import (METHODS, EvalOptions, method_runner, passkey, passkey_prompt, perplexity_online,
+                                   plot_passkey, plot_perplexity)
+
+from .tiny import tiny_model
+
+
+class CharTokenizer:
+    """One token per ASCII character."""
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": [ord(c) for c in text]}
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(map(chr, ids))
+
+
+def teacher_forced_perplexity(model, windows):
+    with torch.no_grad():
+        logits = model(windows, use_cache=False).logits
+    nll = F.cross_entropy(logits[:, :-1].flatten(0, 1), windows[:, 1:].flatten())
+    return math.exp(float(nll))
+
+
+@pytest.fixture(scope="module")
+def model_and_ids():
+    model = tiny_model()
+    zero_decision_channels(model)   # so that DMC without merges is the plain model
+    return model, torch.randint(0, 97, (3 * 24 + 5,))
+
+
+def test_vanilla_online_equals_teacher_forced(model_and_ids):
+    model, ids = model_and_ids
+    expected = teacher_forced_perplexity(model, ids[:72].view(3, 24))
+    for options in (EvalOptions(batch_size=2, parallel_chunk=1), EvalOptions(batch_size=2, parallel_chunk=7)):
+        result = perplexity_online(model, ids, "vanilla", 1, 24, options)
+        assert result["perplexity"] == pytest.approx(expected, rel=1e-5)
+        assert (result["tokens"], result["windows"], result["ratio"]) == (3 * 23, 3, 1.0)
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m not in ("vanilla", "dmc")])
+def test_every_method_at_ratio_one_is_vanilla(model_and_ids, method):
+    model, ids = model_and_ids
+    vanilla = perplexity_online(model, ids, "vanilla", 1, 24)
+    options = EvalOptions(batch_size=3, prefix=3, quant_group=4, quant_residual=32)   # nothing gets quantised
+    result = perplexity_online(model, ids, method, 1, 24, options)
+    assert result["perplexity"] == pytest.approx(vanilla["perplexity"], rel=1e-4)
+    assert result["ratio"] == 1.0
+    assert model.config._attn_implementation == "sdpa" and not hasattr(model, "dmc_config")
+
+
+@pytest.mark.parametrize("method", ["dmc_forced", "streaming_llm", "h2o", "tova", "int4"])
+def test_compression_costs_perplexity_at_the_reported_ratio(model_and_ids, method):
+    model, ids = model_and_ids
+    vanilla = perplexity_online(model, ids, "vanilla", 1, 24)["perplexity"]
+    result = perplexity_online(model, ids, method, 4, 24, EvalOptions(chunk=2, quant_group=4, quant_residual=4))
+    assert result["perplexity"] != pytest.approx(vanilla, rel=1e-4)
+    expected = {"int4": 16 / (4 + 2 * 16 / 4), "dmc_forced": 4.0}.get(method, 24 / 6)
+    assert result["ratio"] == pytest.approx(expected, rel=0.05)
+
+
+def test_dmc_methods_check_the_model(model_and_ids):
+    model, _ = model_and_ids
+    with pytest.raises(ValueError, match="learned decisions"):
+        with method_runner(model, "dmc", 2):
+            pass
+    dmc = convert(tiny_model(), DMCConfig())
+    with pytest.raises(ValueError, match="plain model"):
+        with method_runner(dmc, "tova", 2):
+            pass
+    with method_runner(dmc, "dmc_forced", 3) as runner:
+        assert runner.model is dmc and dmc.dmc_config.force_cr == 3
+    assert dmc.dmc_config.force_cr is None
+
+
+def test_passkey_prompt_places_the_needle():
+    tokenizer = CharTokenizer()
+    ids = passkey_prompt(tokenizer, 2000, depth=0.25, key=31415)
+    text = tokenizer.decode(ids.tolist())
+    assert 1800 < ids.numel() <= 2000
+    assert text.endswith("The pass key is") and text.count("31415") == 2
+    assert 0.15 < text.index("31415") / len(text) < 0.35
+
+
+def test_passkey_runs_through_compressed_caches(tmp_path):
+    model = tiny_model(vocab_size=128)
+    results = [passkey(model, CharTokenizer(), method, 4, (64, 128), trials=2, options=EvalOptions(chunk=8))
+               for method in ("vanilla", "h2o")]
+    assert [r["results"][1]["context"] for r in results] == [128, 128]
+    assert results[0]["ratio"] == 1.0 and results[1]["ratio"] > 3
+    assert all(0 <= row["accuracy"] <= 1 for r in results for row in r["results"])
+    json.dumps(results)
+    plot_passkey(results, tmp_path / "passkey.png")
+    plot_perplexity([{"method": "vanilla", "ratio": 1.0, "perplexity": 10.0},
+                     {"method": "tova", "ratio": 2.0, "perplexity": 11.0},
+                     {"method": "tova", "ratio": 4.0, "perplexity": 13.0}], tmp_path / "ppl.png")
+    assert (tmp_path / "passkey.png").stat().st_size > 0 and (tmp_path / "ppl.png").stat().st_size > 0
+
+
+def test_cli_eval_on_a_user_file(tmp_path, capsys, monkeypatch):
+    import argparse
+
+    from dynacomp.dmc import eval_cli
+
+    loaded = []
+    monkeypatch.setattr(eval_cli, "load_for_eval",
+                        lambda config: loaded.append(config) or (tiny_model(vocab_size=128), CharTokenizer()))
+    parser = argparse.ArgumentParser()
+    eval_cli.register_eval(parser.add_subparsers())
+    data = tmp_path / "text.txt"
+    data.write_text("The quick brown fox jumps over the lazy dog. " * 8, encoding="utf-8")
+    args = parser.parse_args(["eval", "--model", "some-model", "--method", "tova", "--cr", "2", "--context", "16",
+                              "--data", str(data), "--max-tokens", "40", "--chunk", "4", "--json"])
+    args.func(args)
+    result = json.loads(capsys.readouterr().out)
+    assert loaded[0].model == "some-model"
+    assert (result["method"], result["windows"], result["chunk"], result["data"]) == ("tova", 2, 4, str(data))
+    assert result["ratio"] == 2.0 and result["perplexity"] > 1
+
+    args = parser.parse_args(["passkey", "--method", "streaming_llm", "--lengths", "64", "80", "--trials", "1"])
+    args.func(args)
+    assert "context  accuracy" in capsys.readouterr().out
