@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
@@ -188,9 +189,9 @@ def is_dmc_checkpoint(directory: str | Path) -> bool:
     return (Path(directory) / "dmc_config.json").exists()
 
 
-def load(directory: str | Path, dtype: torch.dtype = torch.float32, **overrides):
-    """Load ``(model, tokenizer)`` saved by ``save``; ``overrides`` replace DMCConfig fields
-    (e.g. ``force_cr=4``, ``page_size=32``)."""
+def load_base(directory: str | Path, dtype: torch.dtype = torch.float32):
+    """``(model, tokenizer, dmc_config)`` of a checkpoint saved by ``save``, the model *not* yet
+    converted: the plain transformers model with the retrofitted weights."""
     directory = Path(directory)
     if not is_dmc_checkpoint(directory):
         raise FileNotFoundError(f"{directory} is not a DMC checkpoint (no dmc_config.json); "
@@ -201,7 +202,6 @@ def load(directory: str | Path, dtype: torch.dtype = torch.float32, **overrides)
     values["architectures"] = extra.get("base_architectures")
     base_config = AutoConfig.for_model(**values)
     model = AutoModelForCausalLM.from_config(base_config, dtype=dtype)
-    from safetensors.torch import load_file
     state = {}
     for shard in sorted(directory.glob("*.safetensors")):
         state.update(load_file(shard))
@@ -212,5 +212,11 @@ def load(directory: str | Path, dtype: torch.dtype = torch.float32, **overrides)
                          f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
     model.tie_weights()
     tokenizer = AutoTokenizer.from_pretrained(directory) if (directory / "tokenizer_config.json").exists() else None
-    model = convert(model.eval(), replace(dmc_config, **overrides))
-    return model, tokenizer
+    return model.eval(), tokenizer, dmc_config
+
+
+def load(directory: str | Path, dtype: torch.dtype = torch.float32, **overrides):
+    """Load ``(model, tokenizer)`` saved by ``save``; ``overrides`` replace DMCConfig fields
+    (e.g. ``force_cr=4``, ``page_size=32``)."""
+    model, tokenizer, dmc_config = load_base(directory, dtype)
+    return convert(model, replace(dmc_config, **overrides)), tokenizer

@@ -1,0 +1,90 @@
+"""DMC decode throughput against transformers' generate and dynacomp's dense loop.
+
+    python benchmarks/dmc_throughput.py --batch 16 --contexts 1024 2048 4096 --crs 1 2 4 8 \
+        --out docs/results/dmc_benchmarks.md
+
+Every (context, method, ratio) runs in its own worker process, one after the other in this run;
+the table reports medians of the timed decode steps and ratios between rows of the same context.
+Writes the markdown table, a JSON file and ``*_throughput.png`` (tokens/s against context).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from dynacomp.dmc.bench import BenchConfig, run  # noqa: E402
+from dynacomp.io import atomic_path, write_json, write_text  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--contexts", type=int, nargs="+", default=[1024, 2048, 4096])
+    parser.add_argument("--crs", type=float, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--page-size", type=int, default=16)
+    parser.add_argument("--kv-budget-gb", type=float, default=0.0)
+    parser.add_argument("--out", type=Path, default=Path("docs/results/dmc_benchmarks.md"))
+    args = parser.parse_args()
+
+    rows, budgets = [], []
+    for context in args.contexts:
+        config = BenchConfig(model=args.model, batch=args.batch, context=context, new_tokens=args.new_tokens,
+                             cr=tuple(args.crs), page_size=args.page_size,
+                             kv_budget_gb=args.kv_budget_gb if context == args.contexts[-1] else 0.0)
+        result = run(config, progress=lambda r: print(f"{r['context']:>6} {r['method']:<12} cr {r['cr']:.2f}: "
+                                                      f"{r['tokens_per_s']:.1f} tok/s", file=sys.stderr))
+        rows += result["rows"]
+        budgets += result.get("max_batch", [])
+
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    machine = f"{os.cpu_count()} CPU cores ({platform.machine()}), no GPU"
+    date = datetime.date.today().isoformat()
+    lines = [f"# DMC decode throughput\n\nCommand: `{command}`  \nMachine: {machine}  \nDate: {date}  \n"
+             f"Model: {args.model}, batch {args.batch}, {args.new_tokens} timed decode steps (medians), "
+             f"page size {args.page_size}.\n",
+             "| context | method | ratio | tokens/s | s/step | attention share | KV MiB | peak RSS MiB "
+             "| × generate | × vanilla |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['context']} | {r['method']} | {r['cr']:.2f} | {r['tokens_per_s']:.1f} | "
+                     f"{r['step_seconds']:.3f} | {r['attention_share']:.0%} | {r['kv_bytes'] / 2**20:.0f} | "
+                     f"{r['peak_rss_bytes'] / 2**20:.0f} | {r.get('speedup_vs_hf_generate', float('nan')):.2f} | "
+                     f"{r.get('speedup_vs_vanilla', float('nan')):.2f} |")
+    if budgets:
+        lines += [f"\n## Largest batch within {args.kv_budget_gb} GiB of KV cache (context {args.contexts[-1]})\n",
+                  "| method | ratio | max batch | tokens/s |", "|---|---|---|---|"]
+        lines += [f"| {b['method']} | {b['cr']:.2f} | {b['max_batch']} | {b.get('tokens_per_s', 0):.1f} |"
+                  for b in budgets]
+    write_text(args.out, "\n".join(lines) + f"\n\n![throughput]({args.out.stem}_throughput.png)\n")
+    write_json(args.out.with_suffix(".json"), {"command": command, "machine": machine, "date": date,
+                                               "rows": rows, "max_batch": budgets})
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    series: dict[str, list] = {}
+    for r in rows:
+        label = r["method"] if r["method"] != "dmc" else f"dmc cr {r['cr']:.1f}"
+        series.setdefault(label, []).append((r["context"], r["tokens_per_s"]))
+    for label, points in series.items():
+        axis.plot(*zip(*sorted(points)), marker="o", label=label)
+    axis.set(xlabel="context (tokens)", ylabel="decode tokens/s", title=f"{args.model}, batch {args.batch}")
+    axis.legend()
+    figure.tight_layout()
+    with atomic_path(args.out.parent / f"{args.out.stem}_throughput.png") as tmp:
+        figure.savefig(tmp, format="png", dpi=120)
+    print(args.out.read_text())
+
+
+if __name__ == "__main__":
+    main()

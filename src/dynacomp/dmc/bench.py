@@ -1,0 +1,204 @@
+"""Decode throughput of DMC against dense caches, measured side by side in one run.
+
+Methods, each measured in a fresh worker process (so its peak memory is its own):
+
+* ``hf_generate``: transformers' ``generate`` with its default dynamic cache;
+* ``vanilla``: dynacomp's own greedy decode loop over the plain model and a dense cache;
+* ``dmc``: the same loop over the DMC model and a ``DMCCache`` (``force_cr`` = the ratio, or a
+  retrofitted checkpoint's own decisions).
+
+Per method: median time per decode step, tokens/s (batch / step time), the share of that time
+spent in attention modules (timed by hooks), KV-cache bytes, and the worker's peak memory.
+``max_batch`` answers the paper's headline question: how many sequences fit a KV budget, and
+how fast does each method decode at its own largest batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Literal
+
+import torch
+
+from dynacomp.config import field
+
+Method = Literal["hf_generate", "vanilla", "dmc"]
+
+
+@dataclass
+class BenchConfig:
+    model: str = field("smollm2-135m", help="embedded name, model folder, or a DMC checkpoint folder")
+    batch: int = field(16, help="sequences decoded together")
+    context: int = field(4096, help="prompt tokens per sequence before decoding starts")
+    new_tokens: int = field(32, help="decode steps timed per method")
+    cr: tuple[float, ...] = field((4.0,), help="DMC compression ratios (force_cr; ignored for a "
+                                                 "retrofitted checkpoint, which uses its own decisions)")
+    methods: tuple[str, ...] = field(("hf_generate", "vanilla", "dmc"), help="methods to measure")
+    page_size: int = field(16, help="DMC cache page size (slots)")
+    threads: int = field(0, help="torch threads per worker (0: torch's default)")
+    kv_budget_gb: float = field(0.0, help="if > 0: also find each method's largest batch within this "
+                                          "KV-cache budget and measure its throughput there")
+
+
+def prompt_ids(tokenizer, batch: int, context: int) -> torch.Tensor:
+    """(batch, context) token ids of held-out English text, each row from a different offset."""
+    from dynacomp.data.text import load_split
+
+    ids = tokenizer(load_split("english", "test"), return_tensors="pt").input_ids[0]
+    need = batch * context
+    ids = ids.repeat(math.ceil(need / ids.numel()) + 1)
+    stride = max(1, (ids.numel() - context) // max(batch, 1))
+    return torch.stack([ids[i * stride: i * stride + context] for i in range(batch)])
+
+
+class _AttentionTimer:
+    """Forward hooks that add up the wall time spent inside attention modules."""
+
+    def __init__(self, modules):
+        self.seconds = 0.0
+        self.handles = []
+        for module in modules:
+            self.handles.append(module.register_forward_pre_hook(self._start))
+            self.handles.append(module.register_forward_hook(self._stop))
+
+    def _start(self, module, args):
+        module._bench_start = time.perf_counter()
+
+    def _stop(self, module, args, output):
+        self.seconds += time.perf_counter() - module._bench_start
+
+
+def _kv_bytes(cache) -> int:
+    if hasattr(cache, "stats"):
+        return cache.stats()["bytes_allocated"]
+    return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values)
+               if t is not None)
+
+
+@torch.no_grad()
+def decode_loop(model, ids: torch.Tensor, new_tokens: int, cache, timer: _AttentionTimer) -> tuple[list[float], float]:
+    """Greedy decoding: one prefill, then ``new_tokens`` timed steps. Returns (step seconds,
+    seconds in attention during the steps)."""
+    logits = model(ids, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+    timer.seconds = 0.0
+    steps = []
+    for _ in range(new_tokens):
+        token = logits.argmax(-1, keepdim=True)
+        start = time.perf_counter()
+        logits = model(token, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        steps.append(time.perf_counter() - start)
+    return steps, timer.seconds
+
+
+@torch.no_grad()
+def measure(method: Method, cr: float, config: BenchConfig) -> dict:
+    """One method at one ratio, in this process."""
+    from transformers import DynamicCache
+    from transformers.generation.stopping_criteria import StoppingCriteria
+
+    from dynacomp.dmc import DMCConfig, convert, is_dmc_checkpoint, load_base
+    from dynacomp.models import load_causal_lm
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if is_dmc_checkpoint(config.model):   # dense methods decode the same retrofitted weights
+        model, tokenizer, dmc_config = load_base(config.model)
+        dmc_config = replace(dmc_config, page_size=config.page_size)
+    else:
+        model, tokenizer = load_causal_lm(config.model)
+        dmc_config = DMCConfig(force_cr=cr, page_size=config.page_size)
+    if method == "dmc":
+        convert(model, dmc_config)
+    ids = prompt_ids(tokenizer, config.batch, config.context)
+    timer = _AttentionTimer([layer.self_attn for layer in model.model.layers])
+
+    if method == "hf_generate":
+        marks: list[float] = []
+
+        class StepClock(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                marks.append(time.perf_counter())
+                if len(marks) == 1:
+                    timer.seconds = 0.0
+                return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=config.new_tokens + 1,
+                             min_new_tokens=config.new_tokens + 1, do_sample=False,
+                             stopping_criteria=[StepClock()], return_dict_in_generate=True,
+                             pad_token_id=tokenizer.pad_token_id)
+        steps = [b - a for a, b in zip(marks, marks[1:])]
+        attention = timer.seconds
+        kv = _kv_bytes(out.past_key_values if hasattr(out, "past_key_values") else out.cache)
+    else:
+        cache = model.new_cache() if method == "dmc" else DynamicCache(config=model.config)
+        steps, attention = decode_loop(model, ids, config.new_tokens, cache, timer)
+        kv = _kv_bytes(cache)
+    step = statistics.median(steps)
+    realised = cache.stats()["compression_ratio"] if method == "dmc" else 1.0
+    return {
+        "method": method, "cr": realised, "batch": config.batch, "context": config.context,
+        "step_seconds": step, "tokens_per_s": config.batch / step,
+        "attention_share": attention / sum(steps), "kv_bytes": kv,
+        "kv_bytes_per_sequence": kv / config.batch,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "steps": len(steps),
+    }
+
+
+def measure_in_worker(method: str, cr: float, config: BenchConfig) -> dict:
+    """``measure`` in a fresh Python process; its peak memory is then the method's own."""
+    payload = json.dumps({"method": method, "cr": cr, "config": asdict(config)})
+    done = subprocess.run([sys.executable, "-m", "dynacomp.dmc.bench", payload], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark worker for {method} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run(config: BenchConfig, progress=None) -> dict:
+    """All methods (and DMC at every ratio) at ``config``'s batch and context."""
+    jobs = [(m, cr) for m in config.methods for cr in (config.cr if m == "dmc" else (1.0,))]
+    rows = []
+    for method, cr in jobs:
+        rows.append(measure_in_worker(method, cr, config))
+        if progress is not None:
+            progress(rows[-1])
+    base = {r["method"]: r for r in rows if r["method"] != "dmc"}
+    for row in rows:
+        for reference in ("hf_generate", "vanilla"):
+            if reference in base:
+                row[f"speedup_vs_{reference}"] = row["tokens_per_s"] / base[reference]["tokens_per_s"]
+    result = {"config": asdict(config), "rows": rows}
+    if config.kv_budget_gb > 0:
+        result["max_batch"] = max_batch(config, rows)
+    return result
+
+
+def max_batch(config: BenchConfig, rows: list[dict]) -> list[dict]:
+    """Each method's largest batch whose KV cache fits the budget, and its throughput there."""
+    budget = config.kv_budget_gb * 2**30
+    out = []
+    for row in rows:
+        if row["method"] == "hf_generate":
+            continue
+        # KV grows with the tokens held; the measured run held context + new_tokens per sequence.
+        batch = int(budget // row["kv_bytes_per_sequence"])
+        if batch < 1:
+            out.append({"method": row["method"], "cr": row["cr"], "max_batch": 0})
+            continue
+        measured = measure_in_worker(row["method"], row["cr"], replace(config, batch=batch))
+        out.append({"method": row["method"], "cr": row["cr"], "max_batch": batch,
+                    "tokens_per_s": measured["tokens_per_s"], "kv_bytes": measured["kv_bytes"]})
+    return out
+
+
+if __name__ == "__main__":
+    job = json.loads(sys.argv[1])
+    print(json.dumps(measure(job["method"], job["cr"], BenchConfig(**{
+        k: tuple(v) if isinstance(v, list) else v for k, v in job["config"].items()}))))
