@@ -1,0 +1,47 @@
+"""Boundaries for a folder of audio: ``dynacomp hcpc segment``."""
+
+from __future__ import annotations
+
+from math import gcd
+from pathlib import Path
+from typing import Any
+
+import soundfile
+import torch
+from scipy.signal import resample_poly
+
+from dynacomp.console import progress
+from dynacomp.data.speech import SAMPLE_RATE
+from dynacomp.hcpc.model import FRAME, HCPC
+from dynacomp.io import write_json
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+
+
+def read_any_audio(path: Path) -> torch.Tensor:
+    """Mono float32 ``(L,)`` at 16 kHz (resampled when the file has another rate)."""
+    audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    audio = audio.mean(axis=1)
+    if rate != SAMPLE_RATE:
+        g = gcd(rate, SAMPLE_RATE)
+        audio = resample_poly(audio, SAMPLE_RATE // g, rate // g).astype("float32")
+    return torch.from_numpy(audio)
+
+
+def segment_folder(model: HCPC, folder: Path, out: Path) -> dict[str, Any]:
+    """Segment every audio file under ``folder`` (recursively); write ``out`` (JSON):
+    ``{relative path: {"frames": [...], "seconds": [...], "num_frames": T}}``, boundaries being
+    the frames that start a new segment (10 ms each)."""
+    if not model.config.hierarchical:
+        raise ValueError("this run has no boundary predictor (trained with --no-hierarchical)")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no audio ({', '.join(AUDIO_SUFFIXES)}) under {folder}")
+    result = {}
+    for path in progress(files, desc="segment"):
+        segmentation = model.segment(read_any_audio(path))
+        frames = segmentation.boundaries
+        result[str(path.relative_to(folder))] = {"frames": frames, "seconds": [f * FRAME / SAMPLE_RATE for f in frames],
+                                                 "num_frames": len(segmentation.z)}
+    write_json(out, result)
+    return result

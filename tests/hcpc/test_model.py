@@ -1,0 +1,132 @@
+"""hCPC model: frame counts, causality, the losses by hand, and boundary learning on toy problems."""
+
+import numpy as np
+import pytest
+import torch
+
+from dynacomp.hcpc.losses import aligned_cpc_loss, cpc_loss, frame_negatives, neighbour_cpc_loss
+from dynacomp.hcpc.model import HCPC, HCPCConfig, enforce_min_width
+from dynacomp.nn.boundaries import gumbel_sigmoid_boundaries
+from dynacomp.nn.policy import EMABaseline, bernoulli_boundaries, reinforce_loss, window_rate_loss
+from dynacomp.nn.pooling import segment_sums
+
+TINY = dict(dim=32, negatives=8, codebook_size=16, vq_bypass_steps=0, vq_reestimate_every=0, predict_steps=4)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_frames_are_10ms(causal):
+    model = HCPC(HCPCConfig(**TINY, causal=causal, hierarchical=False))
+    z, c = model.low_level(torch.randn(2, 160 * 13 + 77))
+    assert z.shape == c.shape == (2, 13, 32)
+
+
+def test_causal_contexts_ignore_the_future():
+    model = HCPC(HCPCConfig(**TINY, causal=True, hierarchical=False)).eval()
+    audio = torch.randn(1, 160 * 20)
+    changed = audio.clone()
+    changed[:, 160 * 10:] = torch.randn(1, 160 * 10)
+    (z1, c1), (z2, c2) = model.low_level(audio), model.low_level(changed)
+    assert torch.allclose(c1[:, :10], c2[:, :10]) and torch.allclose(z1[:, :10], z2[:, :10])
+    assert not torch.allclose(c1[:, 10:], c2[:, 10:])
+    official = HCPC(HCPCConfig(**TINY, causal=False, hierarchical=False)).eval()
+    assert not torch.allclose(official.low_level(audio)[0][:, 9], official.low_level(changed)[0][:, 9])   # looks ahead
+
+
+def test_aligned_loss_with_one_alignment_is_diagonal_cpc():
+    g = torch.Generator().manual_seed(0)
+    z, pred = torch.randn(2, 9, 4, generator=g), torch.randn(2, 9, 3, 4, generator=g)
+    negatives = frame_negatives(z, 5, g)
+    # M = K = 3: the only alignment maps prediction m to frame m; the loss is then the mean over
+    # contexts t < T - K of plain InfoNCE of step m from t, summed over m and divided by K
+    aligned = aligned_cpc_loss(pred, z, negatives, window=3)
+    by_hand = []
+    for m in range(3):
+        p = pred[:, :6, m]
+        logits = torch.cat([(p * z[:, m + 1:m + 7]).sum(-1, keepdim=True),
+                            torch.einsum("btd,btnd->btn", p, negatives[:, m + 1:m + 7])], -1) / 4
+        by_hand.append(-torch.log_softmax(logits, -1)[..., 0])
+    assert aligned.item() == pytest.approx(torch.stack(by_hand).sum(0).mean().item() / 3, rel=1e-5)
+
+
+def test_cpc_loss_by_hand():
+    z = torch.eye(3)[None].repeat(1, 2, 1)                 # (1, 6, 3): e0 e1 e2 e0 e1 e2
+    pred = 100 * z.roll(-1, 1)[:, :, None]                 # predicts the next frame exactly
+    negatives = torch.stack([z.roll(1, 1), z.roll(2, 1)], 2)   # (1, 6, 2, 3): the two other vectors
+    loss, accuracy = cpc_loss(pred, z, negatives)
+    assert accuracy.item() == 1.0 and loss.item() == pytest.approx(2 * np.exp(-100 / 3), rel=1e-3)
+
+
+def test_neighbour_loss_mask_and_tie():
+    targets = torch.ones(1, 4, 2)                       # every segment the same vector: a tie, log 2
+    losses, valid = neighbour_cpc_loss(torch.randn(1, 4, 2, 2), targets, torch.tensor([3]))
+    assert valid[0].tolist() == [[True, True], [True, False], [False, False], [False, False]]
+    assert torch.allclose(losses[valid], torch.tensor(np.log(2), dtype=torch.float32))
+
+
+def test_min_width():
+    closes = np.array([1, 1, 0, 1, 0, 0, 1, 0], dtype=np.float32)
+    assert enforce_min_width(closes, 3).tolist() == [0, 0, 0, 1, 0, 0, 1, 1]   # the last always closes
+
+
+def test_policy_gradient_learns_a_toy_pattern():
+    """REINFORCE with an EMA baseline: the cost (mismatches with a target pattern) falls."""
+    torch.manual_seed(0)
+    target = (torch.arange(20) % 4 == 3).float()
+    logits = torch.zeros(1, 20, requires_grad=True)
+    optimizer, baseline = torch.optim.Adam([logits], lr=0.1), EMABaseline(0.9)
+    expected = lambda: (torch.sigmoid(logits) - target).abs().sum().item()
+    before = expected()
+    for _ in range(150):
+        b, log_prob = bernoulli_boundaries(logits.expand(32, 20), 1.0, sample=True)
+        cost = (b - target).abs().sum(1)
+        loss = reinforce_loss(log_prob, cost, baseline(cost))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert expected() < 0.3 * before
+
+
+def test_straight_through_learns_a_toy_segmentation():
+    """Gumbel straight-through through mean pooling: reconstructing a piecewise-constant signal
+    from its segment means, with a length prior, gets better."""
+    torch.manual_seed(0)
+    x = torch.repeat_interleave(torch.randn(6), 4)[None, :, None]          # (1, 24, 1), segments of 4
+    logits = torch.zeros(1, 24, requires_grad=True)
+    optimizer = torch.optim.Adam([logits], lr=0.1)
+
+    def loss_of(b):
+        b = torch.cat([b[:, :-1], torch.ones(1, 1)], 1)
+        sums, sizes = segment_sums(x, b, 25)
+        index = (torch.cumsum(b, 1) - b).detach().long()
+        means = (sums / sizes.clamp(min=1)[..., None]).gather(1, index[..., None])
+        return (means - x).square().mean() + window_rate_loss(torch.sigmoid(logits), 8, 4.0)
+
+    def evaluate():
+        with torch.no_grad():
+            return np.mean([loss_of(gumbel_sigmoid_boundaries(logits, 1.0, True)).item() for _ in range(50)])
+
+    before = evaluate()
+    for _ in range(150):
+        loss = loss_of(gumbel_sigmoid_boundaries(logits, 1.0, True))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert evaluate() < 0.5 * before
+
+
+@pytest.mark.parametrize("mode", ["reinforce", "straight_through"])
+def test_training_steps_reduce_the_losses(mode):
+    torch.manual_seed(0)
+    model = HCPC(HCPCConfig(**TINY, boundary_training=mode, mean_segment_frames=4.0))
+    audio = torch.randn(4, 160 * 32)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    history = []
+    for step in range(25):
+        model.set_step(step)
+        loss, metrics = model(audio)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append(metrics["low_loss"] + metrics["prior"])
+    assert np.mean(history[-5:]) < np.mean(history[:5])
+    assert "policy_loss" in metrics if mode == "reinforce" else "policy_loss" not in metrics
