@@ -211,7 +211,9 @@ def load_base(directory: str | Path, dtype: torch.dtype = torch.float32):
         raise ValueError(f"{directory}: checkpoint does not match the model "
                          f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
     model.tie_weights()
-    tokenizer = AutoTokenizer.from_pretrained(directory) if (directory / "tokenizer_config.json").exists() else None
+    # The base config is passed so that the tokenizer does not read config.json's DMC model type.
+    tokenizer = (AutoTokenizer.from_pretrained(directory, config=base_config)
+                 if (directory / "tokenizer_config.json").exists() else None)
     return model.eval(), tokenizer, dmc_config
 
 
