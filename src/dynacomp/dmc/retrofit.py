@@ -349,7 +349,7 @@ def plot_cr_heatmap(per_layer_head: list[list[float]], path: Path, title: str) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ratios = torch.tensor(per_layer_head)
+    ratios = torch.tensor(per_layer_head).numpy()
     layers, heads = ratios.shape
     fig, ax = plt.subplots(figsize=(1.6 + 0.7 * heads, 1.4 + 0.22 * layers))
     # Log colours: heads range from 1 (never merge) to tens.
