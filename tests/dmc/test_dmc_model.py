@@ -5,10 +5,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from dynacomp.dmc import DMCCache, DMCConfig, convert, load, save, zero_decision_channels
+from dynacomp.dmc import DMCConfig, convert, load, save, zero_decision_channels
 from dynacomp.dmc.attention import apply_rope
 
-from .tiny import half_merging_bias, tiny_config, tiny_model
+from .tiny import half_merging_bias, tiny_model
 
 
 def decode_step_by_step(model, ids, prefix: int):
