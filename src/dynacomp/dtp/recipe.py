@@ -7,7 +7,6 @@ loop's ``checkpoints/`` and ``metrics.jsonl``; ``load_run`` rebuilds the trained
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from dynacomp.dtp.config import DTPConfig
 from dynacomp.dtp.data import CharData, load_data, load_unigram_targets
 from dynacomp.dtp.model import HourglassLM
 from dynacomp.io import write_json
-from dynacomp.train import TrainConfig, TrainResult, load_weights, seed_everything, train
+from dynacomp.train import TrainConfig, TrainResult, load_weights, read_run_record, seed_everything, train
 
 RUN_FILE = "dtp.json"
 
@@ -101,10 +100,7 @@ class LoadedRun:
 def load_run(path: str | Path) -> LoadedRun:
     """The trained model of a run folder (its latest checkpoint) in eval mode, on the CPU."""
     path = Path(path)
-    if not (path / RUN_FILE).exists():
-        raise FileNotFoundError(f"{path / RUN_FILE} not found: {path} is not a dtp run folder "
-                                "(make one with `dynacomp dtp train --out DIR`)")
-    saved = json.loads((path / RUN_FILE).read_text())
+    saved = read_run_record(path, RUN_FILE, "dynacomp dtp train --out DIR")
     config = config_from_dict(DTPConfig, saved["model"])
     model = HourglassLM(config)
     checkpoint = load_weights(model, path)

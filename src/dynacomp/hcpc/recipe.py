@@ -6,7 +6,6 @@ A run folder holds ``hcpc.json`` (model and run configs) beside the loop's ``che
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from dynacomp.config import config_from_dict, field, to_dict
 from dynacomp.data.speech import SAMPLE_RATE, Utterance, load_dataset, read_audio
 from dynacomp.hcpc.model import HCPC, HCPCConfig
 from dynacomp.io import write_json
-from dynacomp.train import Trainer, TrainConfig, TrainResult, load_weights, seed_everything, train
+from dynacomp.train import Trainer, TrainConfig, TrainResult, load_weights, read_run_record, seed_everything, train
 
 RUN_FILE = "hcpc.json"
 
@@ -110,10 +109,7 @@ class LoadedRun:
 def load_run(path: str | Path) -> LoadedRun:
     """The trained model of a run folder (its latest checkpoint) in eval mode, on the CPU."""
     path = Path(path)
-    if not (path / RUN_FILE).exists():
-        raise FileNotFoundError(f"{path / RUN_FILE} not found: {path} is not an hcpc run folder "
-                                "(make one with `dynacomp hcpc train --out DIR`)")
-    saved = json.loads((path / RUN_FILE).read_text())
+    saved = read_run_record(path, RUN_FILE, "dynacomp hcpc train --out DIR")
     config = config_from_dict(HCPCConfig, saved["model"])
     model = HCPC(config)
     checkpoint = load_weights(model, path)

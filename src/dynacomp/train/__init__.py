@@ -8,6 +8,7 @@ from dynacomp.train.checkpoint import (
     CheckpointError,
     latest_checkpoint,
     load_weights,
+    read_run_record,
     seed_everything,
     verify_checkpoint,
 )
@@ -17,6 +18,6 @@ from dynacomp.train.schedule import lr_at
 
 __all__ = [
     "CheckpointError", "TrainConfig", "TrainResult", "TrainTask", "Trainer", "default_param_groups",
-    "is_main_process", "latest_checkpoint", "load_weights", "lr_at", "seed_everything", "train",
+    "is_main_process", "latest_checkpoint", "load_weights", "lr_at", "read_run_record", "seed_everything", "train",
     "verify_checkpoint", "world_info",
 ]

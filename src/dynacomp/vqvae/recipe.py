@@ -6,7 +6,6 @@ data set, the configs and the feature normalisation, everything ``load_run`` nee
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,8 @@ from dynacomp.io import write_json
 from dynacomp.metrics.codebook import code_counts, normalized_usage, perplexity
 from dynacomp.nn import VectorQuantizer, VQConfig
 from dynacomp.train import (
-    TrainConfig, Trainer, TrainResult, default_param_groups, is_main_process, load_weights, seed_everything, train,
+    TrainConfig, Trainer, TrainResult, default_param_groups, is_main_process, load_weights, read_run_record,
+    seed_everything, train,
 )
 from dynacomp.vqvae.features import SpeechFrames, load_frames
 from dynacomp.vqvae.model import VQVAE, VQVAEConfig
@@ -118,11 +118,7 @@ def train_vqvae(data: str | Path, out: str | Path, model_config: VQVAEConfig, vq
 def load_run(out: str | Path) -> tuple[VQVAE, dict[str, Any]]:
     """The trained model of a run folder (in eval mode) and its ``run.json``."""
     out = Path(out)
-    path = out / RUN_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{out} is no VQ-VAE run (no {RUN_FILE}): train one with "
-                                f"`dynacomp vq train --data DIR --out {out}`")
-    run = json.loads(path.read_text())
+    run = read_run_record(out, RUN_FILE, f"dynacomp vq train --data DIR --out {out}")
     if run["quantizer"] != "dynacomp":
         raise ValueError(f"{out} was trained with the quantiser {run['quantizer']}; only runs of "
                          "dynacomp's VectorQuantizer can be loaded from their folder")
