@@ -7,6 +7,7 @@ from transformers import AutoModelForCausalLM
 
 from dynacomp.dmc import DMCConfig, convert, load, save, zero_decision_channels
 from dynacomp.dmc.attention import apply_rope
+from dynacomp.dmc.cache import page_attention_bmm, page_attention_fused
 
 from .tiny import half_merging_bias, tiny_model
 
@@ -71,6 +72,22 @@ def test_attention_matches_its_definition():
         expected = naive_dmc_attention(attn, hidden, cos, sin, config)
     assert 0.3 < attn.last_alpha.mean() < 0.7
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_page_attention_matches_the_batched_matmul_one(dtype):
+    """The CPU kernel and the portable path agree, with partial and empty pages."""
+    torch.manual_seed(0)
+    queries, keys, values = torch.randn(6, 3, 16), torch.randn(6, 8, 16, dtype=dtype), torch.randn(6, 8, 16, dtype=dtype)
+    valid = torch.ones(6, 8, dtype=torch.bool)
+    valid[1, 5:] = False
+    valid[4] = False
+    fused_out, fused_lse = page_attention_fused(queries.to(dtype), keys, values, valid, 0.25)
+    out, lse = page_attention_bmm(queries.to(dtype), keys, values, valid, 0.25)
+    assert torch.equal(fused_lse[4], lse[4]) and fused_lse[4].isneginf().all()
+    tolerance = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(fused_lse[valid.any(1)], lse[valid.any(1)], **tolerance)
+    torch.testing.assert_close(fused_out[valid.any(1)], out[valid.any(1)], **tolerance)
 
 
 @pytest.mark.parametrize("model_type", ["llama", "qwen2", "qwen3", "mistral"])

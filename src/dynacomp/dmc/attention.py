@@ -54,7 +54,7 @@ def _block_attention(q: Tensor, k: Tensor, v: Tensor, key_bias: Tensor, start: i
     return out, lse
 
 
-def masked_attention(q: Tensor, k: Tensor, v: Tensor, key_bias: Tensor, scale: float, chunk: int):
+def masked_attention(q: Tensor, k: Tensor, v: Tensor, key_bias: Tensor | None, scale: float, chunk: int):
     """DMC causal attention within a chunk, block by block over queries.
 
     q: (B, H, G, L, D); k, v: (B, H, L, D); key_bias: (B, H, L), added to key i for queries
@@ -63,6 +63,8 @@ def masked_attention(q: Tensor, k: Tensor, v: Tensor, key_bias: Tensor, scale: f
     (activation checkpointing), so no L x L tensor is ever held.
     """
     length = q.shape[-2]
+    if length == 1:  # decoding: the lone query sees only its own state
+        return v.float().unsqueeze(2).expand_as(q), torch.einsum("bhgqd,bhqd->bhgq", q, k).float() * scale
     outs, lses = [], []
     for start in range(0, length, chunk):
         block = q[..., start:start + chunk, :]
@@ -143,17 +145,23 @@ class DMCAttention(nn.Module):
         k_rot = apply_rope(k_state, cos, sin)
         q_rot = apply_rope(q, cos, sin).view(b, h, g, length, self.head_dim)
 
-        out, lse = masked_attention(q_rot, k_rot, v_state, key_bias, self.scaling, self.dmc.query_chunk)
-        if layer is not None:
-            visible = layer.slots - alpha[..., 0].reshape(-1).long()
+        if layer is None:
+            out, _ = masked_attention(q_rot, k_rot, v_state, key_bias, self.scaling, self.dmc.query_chunk)
+        elif length == 1:
+            # Decoding: the token's state goes to its slot first, then the query reads every slot.
+            self._store_token(layer, kv, k_rot, v_state, alpha, omega, real)
+            out = layer.attend(q_rot.reshape(b * h, g, self.head_dim), layer.slots, self.scaling)[0]
+        else:
+            out, lse = masked_attention(q_rot, k_rot, v_state, key_bias, self.scaling, self.dmc.query_chunk)
             if bool(layer.slots.any()):
+                visible = layer.slots - alpha[..., 0].reshape(-1).long()   # a merging first token reopens the last slot
                 past_out, past_lse = layer.attend(q_rot.reshape(b * h, g * length, self.head_dim), visible,
                                                   self.scaling)
                 out, lse = merge_attention(out, lse, past_out.view_as(out), past_lse.view_as(lse))
             self._store(layer, kv, k_rot, v_state, alpha, omega, real)
-            if self.layer_idx == len(cache.layers) - 1:
-                cache.seen += length
-                cache.tokens = past_tokens + real.long().sum(1)
+        if layer is not None and self.layer_idx == len(cache.layers) - 1:
+            cache.seen += length
+            cache.tokens = past_tokens + real.long().sum(1)
         self.last_alpha = alpha
         out = out.reshape(b, self.num_heads, length, self.head_dim).transpose(1, 2).reshape(b, length, -1)
         return self.o_proj(out.to(hidden_states.dtype)), None
@@ -168,8 +176,8 @@ class DMCAttention(nn.Module):
                              "dynacomp.dmc.convert?")
         return attention_mask[:, -length:].bool()
 
-    def _decide(self, k: Tensor, token_index: Tensor, real: Tensor) -> tuple[Tensor, Tensor]:
-        """alpha (B, H, L) and the key bias log(1 - alpha_{i+1}) (B, H, L).
+    def _decide(self, k: Tensor, token_index: Tensor, real: Tensor) -> tuple[Tensor, Tensor | None]:
+        """alpha (B, H, L) and the key bias log(1 - alpha_{i+1}) (B, H, L; None for one token).
 
         Training: Gumbel-sigmoid relaxation, soft alpha. Otherwise hard decisions (straight-through
         when gradients flow). The first token of a sequence and padding never merge; padding keys
@@ -190,6 +198,8 @@ class DMCAttention(nn.Module):
                 hard = (logits > 0).float()
                 alpha = (hard - soft.detach() + soft) * can_merge
                 logits = torch.where(hard > 0, math.inf, -math.inf)
+        if k.shape[2] == 1:                       # decoding: no later query of the chunk needs a bias
+            return alpha, None
         logits = logits.masked_fill(~can_merge, -math.inf)                # appends keep key i visible
         bias = decisions.log_keep_probability(F.pad(logits[..., 1:], (0, 1), value=-math.inf))
         bias = bias.masked_fill(~real[:, None, :], -math.inf)
@@ -200,8 +210,11 @@ class DMCAttention(nn.Module):
         row's open run from the cache when there is one (in fp32)."""
         past = 0
         if layer is not None:
-            b, h = kv.shape[:2]
+            b, h, length = kv.shape[:3]
             past = layer.run.omega.shape[1]
+            if length == 1:
+                return decisions.extend_run(layer.run.kv.view(b, h, past, -1), layer.run.omega.view(b, h, past),
+                                            kv, alpha, omega)
             kv = torch.cat([layer.run.kv.view(b, h, past, -1).to(kv.dtype), kv], dim=2)
             alpha = torch.cat([alpha.new_ones(b, h, past), alpha], dim=2)
             omega = torch.cat([layer.run.omega.view(b, h, past), omega.float()], dim=2)
@@ -235,3 +248,25 @@ class DMCAttention(nn.Module):
         ext_w = torch.cat([run.omega.view(b, h, w), omega.float()], 2) * keep
         run.kv = ext_kv[:, :, -w:].reshape(b * h, w, -1).contiguous()
         run.omega = ext_w[:, :, -w:].reshape(b * h, w).contiguous()
+
+    @torch.no_grad()
+    def _store_token(self, layer: DMCLayer, kv: Tensor, k_rot: Tensor, v_state: Tensor,
+                     alpha: Tensor, omega: Tensor, real: Tensor) -> None:
+        """``_store`` for one token per row (decoding), in a few whole-row operations: a real
+        token's state always goes to its row's last slot (a new one when it appends), and the
+        open run shifts by one, emptied first when the token appends."""
+        rows = layer.rows
+        merges = alpha.detach().reshape(rows) > 0.5
+        real = real.expand(-1, kv.shape[1]).reshape(rows)
+        slot = layer.slots - merges.long()
+        if bool(real.all()):
+            layer.write(torch.arange(rows, device=kv.device), slot, k_rot.reshape(rows, -1), v_state.reshape(rows, -1))
+        else:
+            index = real.nonzero()[:, 0]
+            layer.write(index, slot[index], k_rot.reshape(rows, -1)[index], v_state.reshape(rows, -1)[index])
+        layer.slots = slot + real.long()
+        run = layer.run
+        if run.omega.shape[1] == 0:
+            return
+        run.kv = torch.cat([run.kv[:, 1:], kv.reshape(rows, 1, -1).to(run.kv.dtype)], 1)
+        run.omega = torch.cat([run.omega[:, 1:] * merges[:, None], omega.reshape(rows, 1).float()], 1)

@@ -3,7 +3,9 @@
 Methods, each measured in a fresh worker process (so its peak memory is its own):
 
 * ``hf_generate``: transformers' ``generate`` with its default dynamic cache;
-* ``vanilla``: dynacomp's own greedy decode loop over the plain model and a dense cache;
+* ``vanilla``: dynacomp's own greedy decode loop over the plain model and a dense cache
+  allocated once for the whole run (transformers' ``StaticCache``; ``generate``'s default cache
+  instead grows by concatenation, copying every layer's keys and values at every step);
 * ``dmc``: the same loop over the DMC model and a ``DMCCache`` (``force_cr`` = the ratio, or a
   retrofitted checkpoint's own decisions).
 
@@ -76,6 +78,7 @@ class _AttentionTimer:
 
 
 def _kv_bytes(cache) -> int:
+    """Bytes the cache holds (a static cache: what it allocated for the whole run)."""
     if hasattr(cache, "stats"):
         return cache.stats()["bytes_allocated"]
     return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values)
@@ -100,7 +103,7 @@ def decode_loop(model, ids: torch.Tensor, new_tokens: int, cache, timer: _Attent
 @torch.no_grad()
 def measure(method: Method, cr: float, config: BenchConfig) -> dict:
     """One method at one ratio, in this process."""
-    from transformers import DynamicCache
+    from transformers import StaticCache
     from transformers.generation.stopping_criteria import StoppingCriteria
 
     from dynacomp.dmc import DMCConfig, convert, is_dmc_checkpoint, load_base
@@ -137,7 +140,8 @@ def measure(method: Method, cr: float, config: BenchConfig) -> dict:
         attention = timer.seconds
         kv = _kv_bytes(out.past_key_values if hasattr(out, "past_key_values") else out.cache)
     else:
-        cache = model.new_cache() if method == "dmc" else DynamicCache(config=model.config)
+        cache = (model.new_cache() if method == "dmc"
+                 else StaticCache(config=model.config, max_cache_len=config.context + config.new_tokens))
         steps, attention = decode_loop(model, ids, config.new_tokens, cache, timer)
         kv = _kv_bytes(cache)
     step = statistics.median(steps)

@@ -34,6 +34,46 @@ class OpenRun:
     omega: Tensor
 
 
+def page_attention(queries: Tensor, keys: Tensor, values: Tensor, valid: Tensor, scale: float):
+    """Softmax attention of each page's queries over its valid slots, with the log-sum-exp.
+
+    queries: (N, M, D); keys, values: (N, P, D); valid: (N, P). Returns out (N, M, D) and lse
+    (N, M) in fp32; a page with no valid slot gives lse -inf (and out 0 or NaN, never used).
+    On CPU one fused flash-attention kernel, the only PyTorch attention there that returns the
+    log-sum-exp; elsewhere the same maths in batched matrix products.
+    """
+    queries = queries.to(keys.dtype)
+    attention = page_attention_fused if keys.device.type == "cpu" else page_attention_bmm
+    return attention(queries, keys, values, valid, scale)
+
+
+def page_attention_fused(queries: Tensor, keys: Tensor, values: Tensor, valid: Tensor, scale: float):
+    mask = torch.zeros(valid.shape, dtype=keys.dtype, device=keys.device).masked_fill_(~valid, -math.inf)
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        queries[:, None], keys[:, None], values[:, None], attn_mask=mask[:, None, None], scale=scale)[:2]
+    lse = lse[:, 0].float().masked_fill(~valid.any(-1, keepdim=True), -math.inf)   # the kernel says 0 there
+    return out[:, 0].float(), lse
+
+
+def page_attention_bmm(queries: Tensor, keys: Tensor, values: Tensor, valid: Tensor, scale: float):
+    scores = torch.bmm(queries, keys.transpose(1, 2)).float() * scale
+    scores = scores.masked_fill(~valid.unsqueeze(1), -math.inf)
+    lse = torch.logsumexp(scores, -1)
+    probs = torch.exp(scores - lse.nan_to_num(neginf=0.0).unsqueeze(-1))
+    return torch.bmm(probs.to(values.dtype), values).float(), lse
+
+
+@dataclass
+class PageLayout:
+    """owner: (N,) row of each page (R for a free one); slots: (N, P) the row slot each page
+    position holds; table: (R, pages) the block table with empty entries pointing at page 0, which
+    ``missing`` (R, pages, 1) marks."""
+    owner: Tensor
+    slots: Tensor
+    table: Tensor
+    missing: Tensor
+
+
 class DMCLayer(CacheLayerMixin):
     """One layer's pages, block tables, slot counts and open runs."""
 
@@ -49,6 +89,8 @@ class DMCLayer(CacheLayerMixin):
         self.page_row: Tensor | None = None       # (N,) owner row, R for a free page
         self.page_index: Tensor | None = None     # (N,) position of the page in its row
         self.free: list[int] = []
+        self.pages_high = 0                       # every page in use has an id below this
+        self.layout: PageLayout | None = None     # derived from the block table, for attend
         self.run: OpenRun | None = None
 
     # -- transformers' CacheLayerMixin ---------------------------------------------------------
@@ -100,11 +142,13 @@ class DMCLayer(CacheLayerMixin):
         ids = torch.tensor([self.free.pop() for _ in range(need)], dtype=torch.long, device=self.device)
         self.page_row[ids] = rows
         self.page_index[ids] = page_index
+        self.pages_high = max(self.pages_high, int(ids.max()) + 1)
         width = int(page_index.max()) + 1 if need else 0
         if width > self.block_table.shape[1]:
             self.block_table = torch.cat(
                 [self.block_table, self.block_table.new_full((self.rows, width - self.block_table.shape[1]), -1)], 1)
         self.block_table[rows, page_index] = ids
+        self.layout = None
         return ids
 
     def write(self, rows: Tensor, slots: Tensor, keys: Tensor, values: Tensor) -> None:
@@ -128,10 +172,20 @@ class DMCLayer(CacheLayerMixin):
         self.page_row[pages] = self.rows
         self.free.extend(pages.tolist())
         self.block_table[rows] = -1
+        self.layout = None
         self.slots[rows] = 0
         self.run.omega[rows] = 0
 
     # -- attention ------------------------------------------------------------------------------
+
+    def _page_layout(self) -> PageLayout:
+        """Where each page sits, rebuilt only after pages were allocated or released."""
+        if self.layout is None:
+            high = self.pages_high
+            slots = self.page_index[:high, None] * self.page_size + torch.arange(self.page_size, device=self.device)
+            self.layout = PageLayout(owner=self.page_row[:high], slots=slots,
+                                     table=self.block_table.clamp(min=0), missing=self.block_table[..., None] < 0)
+        return self.layout
 
     def attend(self, queries: Tensor, visible: Tensor, scale: float) -> tuple[Tensor, Tensor]:
         """Attention of each row's queries over the first ``visible`` slots of that row.
@@ -139,35 +193,20 @@ class DMCLayer(CacheLayerMixin):
         queries: (R, M, D), M = query heads per KV head x query tokens; visible: (R,).
         Returns out (R, M, D) and log-sum-exp (R, M) (-inf, with out 0, where nothing is visible).
 
-        Split-K over pages, as flash-decoding does: every page of the pool yields its own partial
-        softmax (max, sum, weighted values), with K and V read in place; the partials of each
-        row's pages are then combined. Row order of the block table gives the pages grouped by
-        row, so the combination is a segment reduction rather than a scatter.
+        Split-K over pages, as flash-decoding does: every page below the high-water mark yields
+        its own partial softmax (output and log-sum-exp), with K and V read in place; each row
+        then combines the partials of its pages, found through its block table.
         """
-        rows, m, dim = queries.shape
-        owner = self.page_row.clamp(max=rows - 1)                         # free pages: any row, masked below
-        scores = torch.bmm(queries[owner].to(self.k_pool.dtype), self.k_pool.transpose(1, 2)).float() * scale
-        # scores: (N, M, P), softmax statistics in fp32
-        slot = self.page_index[:, None] * self.page_size + torch.arange(self.page_size, device=owner.device)
-        padded_visible = torch.cat([visible, visible.new_zeros(1)])
-        valid = slot < padded_visible[self.page_row][:, None]             # (N, P); free pages see nothing
-        scores = scores.masked_fill(~valid.unsqueeze(1), -math.inf)
-        page_max = scores.amax(-1)                                         # (N, M)
-        safe_max = page_max.nan_to_num(neginf=0.0)
-        weights = torch.exp(scores - safe_max.unsqueeze(-1))
-        page_sum = weights.sum(-1)
-        page_out = torch.bmm(weights.to(self.v_pool.dtype), self.v_pool).float()  # (N, M, D)
-
-        used = self.block_table >= 0
-        order = self.block_table[used]                                     # pages grouped by row
-        lengths = used.sum(1)
-        row_max = torch.segment_reduce(page_max[order], "max", lengths=lengths, axis=0, initial=-math.inf)
-        row_max = row_max.nan_to_num(neginf=0.0)
-        rescale = torch.exp(safe_max[order] - row_max.repeat_interleave(lengths, 0))  # (n_used, M)
-        total = torch.segment_reduce(page_sum[order] * rescale, "sum", lengths=lengths, axis=0)
-        out = torch.segment_reduce(page_out[order] * rescale.unsqueeze(-1), "sum", lengths=lengths, axis=0)
-        lse = torch.where(total > 0, row_max + torch.log(total), torch.full_like(total, -math.inf))
-        return out / total.clamp_min(torch.finfo(total.dtype).tiny).unsqueeze(-1), lse
+        layout = self._page_layout()
+        high = self.pages_high
+        padded_visible = torch.cat([visible, visible.new_zeros(1)])      # free pages (owner R) see nothing
+        valid = layout.slots < padded_visible[layout.owner][:, None]      # (N, P)
+        page_out, page_lse = page_attention(queries[layout.owner.clamp(max=queries.shape[0] - 1)],
+                                            self.k_pool[:high], self.v_pool[:high], valid, scale)
+        row_lse = page_lse[layout.table].masked_fill(layout.missing, -math.inf)       # (R, pages, M)
+        lse = torch.logsumexp(row_lse, 1)
+        weight = torch.exp(row_lse - lse.unsqueeze(1)).nan_to_num(0.0)               # 0 where nothing is visible
+        return torch.einsum("rpm,rpmd->rmd", weight, page_out[layout.table]), lse
 
     # -- accounting -----------------------------------------------------------------------------
 

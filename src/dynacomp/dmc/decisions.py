@@ -86,6 +86,20 @@ def accumulate(x: Tensor, alpha: Tensor, omega: Tensor, window: int) -> Tensor:
     return num / den.clamp_min(torch.finfo(den.dtype).tiny).unsqueeze(-1)
 
 
+def extend_run(run_x: Tensor, run_omega: Tensor, x: Tensor, alpha: Tensor, omega: Tensor) -> Tensor:
+    """``accumulate`` for one new token after an open run (decoding), in fp32.
+
+    run_x: (B, H, W-1, D) the run's last tokens, run_omega: (B, H, W-1) their importances (0 where
+    empty); x: (B, H, 1, D); alpha, omega: (B, H, 1). The run's tokens are one group, so each
+    reaches the new token through its alpha alone: (alpha sum omega_j x_j + omega x) /
+    (alpha sum omega_j + omega).
+    """
+    alpha, omega = alpha.float().unsqueeze(-1), omega.float().unsqueeze(-1)
+    num = alpha * torch.einsum("bhw,bhwd->bhd", run_omega, run_x.float()).unsqueeze(2) + omega * x.float()
+    den = alpha * run_omega.sum(-1, keepdim=True).unsqueeze(-1) + omega
+    return num / den.clamp_min(torch.finfo(den.dtype).tiny)
+
+
 def log_keep_probability(logits_next: Tensor) -> Tensor:
     """log(1 - alpha_{i+1}) = logsigmoid(-z_{i+1}): the additive attention bias that fades key i
     for later queries as token i+1 merges into it."""
