@@ -6,9 +6,9 @@
 
 Perplexity (``dynacomp.dmc.evaluate.perplexity_online``, every token decoded through the
 compressed cache) for vanilla, DMC with a fixed pattern (``dmc_forced``), StreamingLLM, H2O and
-TOVA at every ``--crs`` ratio, int8 and int4 once (their ratio is set by the bit width), and each
-trained DMC checkpoint at its own ratio; passkey accuracy per context length for every method at
-``--passkey-cr``. Writes a markdown file, a JSON file and two plots beside ``--out``, each
+TOVA at every ``--crs`` ratio and at each trained DMC checkpoint's realised ratio (equal memory),
+int8 and int4 once (their ratio is set by the bit width), and each trained DMC checkpoint; passkey
+accuracy per context length for every method at ``--passkey-cr``. Writes a markdown file, a JSON file and two plots beside ``--out``, each
 naming the command, the machine and the date.
 """
 
@@ -90,13 +90,8 @@ def main() -> None:
     def ppl(m, method: str, cr: float, name: str) -> dict:
         return {**perplexity_online(m, ids, method, cr, args.context, options), "model": name}
 
-    rows = [ppl(model, "vanilla", 1, args.model)]
-    rows += [ppl(model, method, 1, args.model) for method in QUANTISED]
-    # dmc_forced at CR 1 shows what stripping the decision channel alone costs a model never retrofitted
-    rows += [ppl(model, method, cr, args.model) for method in EVICTION
-             for cr in ([1, *args.crs] if method == "dmc_forced" else args.crs)]
-    keys = [passkey(model, tokenizer, method, args.passkey_cr, args.passkey_lengths, args.trials, 0, pk_options)
-            for method in ("vanilla", *QUANTISED, *EVICTION)]
+    # Trained checkpoints first: the peers then also run at each one's realised ratio (equal memory).
+    rows, keys = [], []
     for checkpoint in args.dmc_checkpoints:
         dmc, dmc_tokenizer = load_for_eval(MethodConfig(model=checkpoint, device=args.device, dtype=args.dtype))
         if dmc_tokenizer.get_vocab() != tokenizer.get_vocab():
@@ -104,6 +99,14 @@ def main() -> None:
         rows.append(ppl(dmc, "dmc", 1, checkpoint))
         keys.append({**passkey(dmc, tokenizer, "dmc", 1, args.passkey_lengths, args.trials, 0, pk_options),
                      "model": checkpoint})
+    crs = sorted({*args.crs, *(round(r["ratio"], 2) for r in rows)})
+    rows.insert(0, ppl(model, "vanilla", 1, args.model))
+    rows += [ppl(model, method, 1, args.model) for method in QUANTISED]
+    # dmc_forced at CR 1 shows what stripping the decision channel alone costs a model never retrofitted
+    rows += [ppl(model, method, cr, args.model) for method in EVICTION
+             for cr in ([1, *crs] if method == "dmc_forced" else crs)]
+    keys = [passkey(model, tokenizer, method, args.passkey_cr, args.passkey_lengths, args.trials, 0, pk_options)
+            for method in ("vanilla", *QUANTISED, *EVICTION)] + keys
 
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     header = {"command": command, "machine": machine(args.device), "date": datetime.date.today().isoformat(),

@@ -9,14 +9,15 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from dynacomp.dmc import DMCConfig, convert, is_dmc_checkpoint, load, zero_decision_channels
+from dynacomp.dmc import DMCConfig, convert, is_dmc_checkpoint, load, load_base, zero_decision_channels
 from dynacomp.dmc.retrofit import (
-    RetrofitConfig, RetrofitTask, fold_decision_scale, ratio_loss, retrofit,
+    RetrofitConfig, RetrofitTask, _stage_model, fold_decision_scale, ratio_loss, retrofit,
 )
 from tests.dmc.tiny import tiny_model
 
@@ -170,6 +171,21 @@ def test_interrupted_retrofit_resumes_to_the_same_result(finished_run, tmp_path,
         assert metrics(tmp_path / stage) == metrics(reference / stage), stage
     assert resumed["dmc_perplexity"] == pytest.approx(report["dmc_perplexity"], rel=1e-6)
     assert resumed["per_layer_head"] == report["per_layer_head"]
+
+
+def test_continuing_from_a_checkpoint_ramps_on_from_its_ratio(finished_run, tmp_path):
+    config, out, report = finished_run
+    more = replace(config, init=str(out / "model"), ramp_from=2.0, target_cr=3.0, retrofit_steps=2,
+                   finetune_steps=0)
+    # The checkpoint's weights come back with the decision scale taken out, as training expects.
+    model = _stage_model(more, "retrofit", None)
+    fold_decision_scale(model, config.decision_scale)
+    saved = load_base(out / "model")[0].state_dict()
+    assert all(torch.allclose(value, saved[name], rtol=1e-6, atol=1e-7) for name, value in model.state_dict().items())
+
+    continued = retrofit(more, tmp_path, command="test")
+    assert not (tmp_path / "zero_out").exists() and continued["tokens_trained"] == 2 * 4 * 32
+    assert [m["target_cr"] for m in metrics(tmp_path / "retrofit")] == [2.5, 3.0]
 
 
 def test_torchrun_two_processes_through_the_cli(tiny_folder, tmp_path):

@@ -42,7 +42,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dynacomp.config import field, to_dict
 from dynacomp.dmc.config import DMCConfig
-from dynacomp.dmc.model import convert, save, zero_decision_channels
+from dynacomp.dmc.model import convert, load_base, save, zero_decision_channels
 from dynacomp.io import atomic_path, write_json
 from dynacomp.metrics.perplexity import perplexity
 from dynacomp.models import DEFAULT_MODEL, resolve
@@ -63,6 +63,10 @@ class RetrofitConfig:
     data: str = field("english", help="corpus name (dynacomp data) or a text file (split 90/5/5 %% by position); "
                                       "trains on its train split, reports on its test split")
     target_cr: float = field(2.0, help="target compression ratio (tokens per KV slot)")
+    init: str | None = field(None, help="a DMC checkpoint folder to continue from (e.g. a ratio-2 retrofit on the "
+                                        "way to 4) instead of the base model; its stage 1 is skipped")
+    ramp_from: float = field(1.0, help="the ratio the retrofit stage's linear ramp starts from: 1 for a base "
+                                       "model, the ratio an --init checkpoint was trained to")
     seq_len: int = field(512, help="training sequence length in tokens")
     batch_size: int = field(4, help="sequences per optimizer step, over all processes and micro-batches")
     # The paper's 250 / 6000 / 2000 steps of 4M tokens, scaled down keeping the proportions 1 : 24 : 8.
@@ -106,8 +110,8 @@ class RetrofitConfig:
     strategy: Literal["auto", "single", "ddp", "fsdp"] = _default_of(TrainConfig, "strategy")
 
     def __post_init__(self) -> None:
-        if self.target_cr < 1:
-            raise ValueError(f"target_cr is a compression ratio and must be >= 1, got {self.target_cr}")
+        if not 1 <= self.ramp_from <= self.target_cr:
+            raise ValueError(f"need 1 <= ramp_from <= target_cr, got {self.ramp_from} and {self.target_cr}")
         if not 0 <= self.distill <= 1:
             raise ValueError(f"distill is a share of the LM loss, between 0 and 1; got {self.distill}")
         if min(self.zero_out_steps, self.retrofit_steps, self.finetune_steps) < 0 or self.retrofit_steps < 1:
@@ -121,7 +125,8 @@ class RetrofitConfig:
         return DMCConfig(decision_bias=self.decision_bias, temperature=self.temperature, window=self.window)
 
     def stage_steps(self, stage: str) -> int:
-        return getattr(self, f"{stage}_steps")
+        """Steps of ``stage``; an --init checkpoint has been through stage 1 already."""
+        return 0 if stage == "zero_out" and self.init else getattr(self, f"{stage}_steps")
 
     def sequence_shape(self, stage: str, step: int) -> tuple[int, int]:
         """(sequences, tokens each) of one optimizer step."""
@@ -145,7 +150,7 @@ class RetrofitConfig:
         if stage == "zero_out":
             return 1.0
         if stage == "retrofit":
-            return 1 + (self.target_cr - 1) * min(1.0, (step + 1) / self.retrofit_steps)
+            return self.ramp_from + (self.target_cr - self.ramp_from) * min(1.0, (step + 1) / self.retrofit_steps)
         return self.target_cr
 
 
@@ -304,11 +309,16 @@ def load_model(name: str) -> nn.Module:
 def _stage_model(config: RetrofitConfig, stage: str, previous: Path | None) -> nn.Module:
     """A fresh model for ``stage`` with the previous stage's final weights (fresh, so no module
     is ever wrapped for DDP / FSDP twice)."""
-    model = load_model(config.model)
+    if config.init:
+        model = load_base(config.init)[0]
+        # Its decision channels hold the folded scale; training applies the scale again.
+        fold_decision_scale(model, 1 / config.decision_scale)
+    else:
+        model = load_model(config.model)
     if previous is not None:
         load_weights(model, previous)
     if stage != "zero_out":
-        if stage == "retrofit":
+        if stage == "retrofit" and not config.init:
             zero_decision_channels(model)
         convert(model, config.dmc_config())
     return model.train()
