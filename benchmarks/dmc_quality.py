@@ -64,7 +64,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m", help="the base model for every method but trained DMC")
     parser.add_argument("--dmc-checkpoints", nargs="*", default=[], help="retrofitted DMC checkpoints to add")
-    parser.add_argument("--crs", nargs="+", type=float, default=[2, 3, 4, 8])
+    parser.add_argument("--crs", nargs="*", type=float, default=[2, 3, 4, 8],
+                        help="ratios for the peers, besides each --dmc-checkpoints realised one")
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--max-tokens", type=int, default=None, help="score only the first N test tokens")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -133,6 +134,11 @@ prefix; vanilla and DMC, whose prefill is exact, in blocks. Memory ratio: tokens
 full-precision residual window counted in 16 bits (int8, int4).
 `dmc_forced` is DMC with a fixed merge pattern on a model that was not retrofitted: its row at
 CR 1 (no merging) shows the cost of giving up the repurposed decision channel alone.
+
+kvpress (PyPI, NVIDIA's press library) is not in the table: its releases 0.5.3 to 0.5.5 require
+`transformers<5.3` and dynacomp pins 5.24.0; 0.5.2 declares no upper bound, but its forward hook
+reads the attention module's `past_key_values` keyword argument, which transformers 5.24 passes as
+`cache`. Its StreamingLLM and TOVA presses are the policies of the rows above.
 
 ## Perplexity, English test split, windows of {args.context} tokens ({header['scored_tokens']} tokens scored)
 

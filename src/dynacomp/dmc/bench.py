@@ -30,6 +30,7 @@ from typing import Literal
 import torch
 
 from dynacomp.config import field
+from dynacomp.dmc.config import DMCConfig
 
 Method = Literal["hf_generate", "vanilla", "dmc"]
 
@@ -43,7 +44,7 @@ class BenchConfig:
     cr: tuple[float, ...] = field((4.0,), help="DMC compression ratios (force_cr; ignored for a "
                                                  "retrofitted checkpoint, which uses its own decisions)")
     methods: tuple[str, ...] = field(("hf_generate", "vanilla", "dmc"), help="methods to measure")
-    page_size: int = field(16, help="DMC cache page size (slots)")
+    page_size: int = field(DMCConfig.page_size, help="DMC cache page size (slots)")
     threads: int = field(0, help="torch threads per worker (0: torch's default)")
     kv_budget_gb: float = field(0.0, help="if > 0: also find each method's largest batch within this "
                                           "KV-cache budget and measure its throughput there")
@@ -106,7 +107,7 @@ def measure(method: Method, cr: float, config: BenchConfig) -> dict:
     from transformers import StaticCache
     from transformers.generation.stopping_criteria import StoppingCriteria
 
-    from dynacomp.dmc import DMCConfig, convert, is_dmc_checkpoint, load_base
+    from dynacomp.dmc import convert, is_dmc_checkpoint, load_base
     from dynacomp.models import load_causal_lm
 
     if config.threads:

@@ -23,6 +23,8 @@ import torch
 from torch import Tensor
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from dynacomp.dmc.config import DMCConfig
+
 
 @dataclass
 class OpenRun:
@@ -224,7 +226,7 @@ class DMCCache(Cache):
     transformers' positions, RoPE and masks stay right; ``stats`` says how many slots hold them.
     """
 
-    def __init__(self, num_layers: int, page_size: int = 16, window: int = 12):
+    def __init__(self, num_layers: int, page_size: int = DMCConfig.page_size, window: int = DMCConfig.window):
         super().__init__(layers=[DMCLayer(page_size, window) for _ in range(num_layers)])
         self.seen = 0                       # token positions fed, padding included
         self.tokens: Tensor | None = None    # (B,) real tokens per sequence
