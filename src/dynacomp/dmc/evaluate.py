@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import random
 import re
 import time
@@ -34,7 +33,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from transformers.cache_utils import Cache, DynamicCache
 
@@ -44,6 +42,7 @@ from dynacomp.dmc.baselines import H2O, TOVA, BudgetCache, StreamingLLM, use_bud
 from dynacomp.dmc.config import DMCConfig
 from dynacomp.dmc.model import DMCModelMixin, convert
 from dynacomp.dmc.quantized import QuantizedKVCache
+from dynacomp.metrics.perplexity import perplexity
 
 METHODS = ("vanilla", "dmc", "dmc_forced", "streaming_llm", "h2o", "tova", "int8", "int4")
 LABELS = {"vanilla": "vanilla", "dmc": "DMC (trained)", "dmc_forced": "DMC (force_cr, untrained)",
@@ -140,18 +139,6 @@ def memory_ratio(cache: Cache) -> float:
     return float(cache.stats()["compression_ratio"]) if hasattr(cache, "stats") else 1.0
 
 
-def window_nll(model, cache: Cache, ids: Tensor, pieces: list[tuple[int, int]]) -> Tensor:
-    """Summed negative log-likelihood (B,) of tokens 1..T-1 of ``ids`` (B, T), each predicted by the
-    model reading ``ids`` through ``cache``, one forward per (start, end) piece."""
-    nll = torch.zeros(ids.shape[0], dtype=torch.float64, device=ids.device)
-    for start, end in pieces:
-        logits = model(ids[:, start:end], cache=cache).logits                  # (B, end - start, V)
-        targets = ids[:, start + 1:end + 1]
-        logits = logits[:, :targets.shape[1]].float()
-        nll += F.cross_entropy(logits.transpose(1, 2), targets, reduction="none").sum(1).double()
-    return nll
-
-
 def _token_ids(tokens, text: str | None) -> Tensor:
     if isinstance(tokens, Tensor):
         return tokens.flatten()
@@ -171,26 +158,23 @@ def perplexity_online(model, tokens, method: str, cr: float, context: int, optio
     none is left out); each window scores all its tokens but the first.
     """
     options = options or EvalOptions()
-    if context < 2:
-        raise ValueError(f"context must be >= 2, got {context}")
     ids = _token_ids(tokens, text)[:options.max_tokens]
-    count = ids.numel() // context
-    if count == 0:
+    if ids.numel() < context:
         raise ValueError(f"{ids.numel()} tokens do not fill one window of {context}; use a longer text "
                          "or a smaller --context")
-    windows = ids[:count * context].view(count, context)
-    device = next(model.parameters()).device
-    total, ratio = 0.0, 0.0
+    caches = []
     started = time.perf_counter()
     with method_runner(model, method, cr, options) as runner:
-        pieces = runner.pieces(context, options)
-        for batch in progress(windows.split(options.batch_size), desc=f"{method} cr={cr:g}", unit="batch"):
-            cache = runner.new_cache()
-            total += float(window_nll(runner.model, cache, batch.to(device), pieces).sum())
-            ratio += memory_ratio(cache) * batch.shape[0]
-    scored = count * (context - 1)
-    return {"method": method, "cr": cr, "ratio": ratio / count, "perplexity": math.exp(total / scored),
-            "nll": total / scored, "tokens": scored, "windows": count, "context": context,
+        def fresh_cache() -> Cache:
+            caches.append(runner.new_cache())
+            return caches[-1]
+
+        result = perplexity(runner.model, ids, context, batch_size=options.batch_size, cache_factory=fresh_cache,
+                            pieces=runner.pieces(context, options), desc=f"{method} cr={cr:g}")
+    count = result["windows"]
+    rows = [min(options.batch_size, count - first) for first in range(0, count, options.batch_size)]
+    ratio = sum(memory_ratio(cache) * n for cache, n in zip(caches, rows)) / count
+    return {"method": method, "cr": cr, "ratio": ratio, **result, "context": context,
             "prefix": options.prefix, "chunk": options.chunk, "seconds": time.perf_counter() - started}
 
 

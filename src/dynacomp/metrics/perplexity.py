@@ -7,9 +7,10 @@ each later window scores only its last ``min(stride, context - 1)`` tokens, the 
 context. With ``stride == context`` (the default) windows do not overlap and every token but
 the first of each window is scored once.
 
-``cache_factory`` makes the model run as it really generates: each batch of windows is
-prefilled through a fresh cache from the factory (e.g. a ``DMCCache`` with hard decisions), and
-the logits of that prefill are scored. Without it the model is called with ``use_cache=False``.
+``cache_factory`` makes the model run as it really generates: each batch of windows is read
+through a fresh cache from the factory (e.g. a ``DMCCache`` with hard decisions), in forwards of
+``pieces`` (start, end) token ranges (default: the whole window at once), and the logits of
+those forwards are scored. Without it the model is called with ``use_cache=False``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dynacomp.console import progress
+
 
 def window_starts(num_tokens: int, context: int, stride: int) -> list[int]:
     """Start offsets of the full windows of ``context`` tokens, every ``stride`` tokens."""
@@ -32,29 +35,40 @@ def window_starts(num_tokens: int, context: int, stride: int) -> list[int]:
 
 @torch.no_grad()
 def perplexity(model: torch.nn.Module, token_ids: Tensor, context: int, stride: int | None = None,
-               batch_size: int = 1, cache_factory: Callable[[], Any] | None = None) -> dict[str, float]:
+               batch_size: int = 1, cache_factory: Callable[[], Any] | None = None,
+               pieces: list[tuple[int, int]] | None = None, desc: str = "perplexity") -> dict[str, float]:
     """Perplexity of ``model`` on ``token_ids`` (N,), windows as in the module docstring.
 
     Returns ``{"perplexity", "nll" (mean per scored token, nats), "tokens" (scored), "windows"}``.
     """
+    if pieces is not None and cache_factory is None:
+        raise ValueError("reading a window in pieces needs a cache to carry the context between them")
     stride = stride or context
     starts = window_starts(token_ids.numel(), context, stride)
     if not starts:
         raise ValueError(f"{token_ids.numel()} tokens do not fill one window of {context}")
     device = next(model.parameters()).device
     total_nll, scored = 0.0, 0
-    for first in range(0, len(starts), batch_size):
+    for first in progress(range(0, len(starts), batch_size), desc=desc, unit="batch"):
         batch_starts = starts[first:first + batch_size]
         ids = torch.stack([token_ids[s:s + context] for s in batch_starts]).to(device)      # (B, context)
-        if cache_factory is None:
-            logits = model(ids, use_cache=False).logits
-        else:
-            logits = model(ids, cache=cache_factory()).logits
-        nll = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), ids[:, 1:].flatten(),
-                              reduction="none").view(len(batch_starts), context - 1)       # (B, context - 1)
+        nll = window_nll(model, ids, cache_factory() if cache_factory else None, pieces or [(0, context)])
         for row, start in enumerate(batch_starts):
             keep = context - 1 if start == 0 else min(stride, context - 1)   # the last `keep` predictions
             total_nll += float(nll[row, -keep:].sum())
             scored += keep
     mean = total_nll / scored
     return {"perplexity": math.exp(mean), "nll": mean, "tokens": scored, "windows": len(starts)}
+
+
+def window_nll(model: torch.nn.Module, ids: Tensor, cache, pieces: list[tuple[int, int]]) -> Tensor:
+    """Negative log-likelihood (B, T-1) of tokens 1..T-1 of ``ids`` (B, T), read in forwards over the
+    (start, end) ``pieces`` through ``cache`` (None: one forward without a cache). Scored piece by
+    piece, so the logits of a whole window are never held at once."""
+    scored = []
+    for start, end in pieces:
+        logits = (model(ids[:, start:end], use_cache=False) if cache is None
+                  else model(ids[:, start:end], cache=cache)).logits
+        targets = ids[:, start + 1:end + 1]
+        scored.append(F.cross_entropy(logits[:, :targets.shape[1]].float().transpose(1, 2), targets, reduction="none"))
+    return torch.cat(scored, 1)
