@@ -150,11 +150,12 @@ class DMCAttention(nn.Module):
         elif length == 1:
             # Decoding: the token's state goes to its slot first, then the query reads every slot.
             self._store_token(layer, kv, k_rot, v_state, alpha, omega, real)
-            out = layer.attend(q_rot.reshape(b * h, g, self.head_dim), layer.slots, self.scaling)[0]
+            out, _ = layer.attend(q_rot.reshape(b * h, g, self.head_dim), layer.slots, self.scaling, with_lse=False)
         else:
             out, lse = masked_attention(q_rot, k_rot, v_state, key_bias, self.scaling, self.dmc.query_chunk)
             if bool(layer.slots.any()):
-                visible = layer.slots - alpha[..., 0].reshape(-1).long()   # a merging first token reopens the last slot
+                # A first token that merges reopens its row's last slot, which it then replaces.
+                visible = layer.slots - alpha[..., 0].reshape(-1).long()
                 past_out, past_lse = layer.attend(q_rot.reshape(b * h, g * length, self.head_dim), visible,
                                                   self.scaling)
                 out, lse = merge_attention(out, lse, past_out.view_as(out), past_lse.view_as(lse))
@@ -260,7 +261,8 @@ class DMCAttention(nn.Module):
         real = real.expand(-1, kv.shape[1]).reshape(rows)
         slot = layer.slots - merges.long()
         if bool(real.all()):
-            layer.write(torch.arange(rows, device=kv.device), slot, k_rot.reshape(rows, -1), v_state.reshape(rows, -1))
+            layer.write(torch.arange(rows, device=kv.device), slot, k_rot.reshape(rows, -1),
+                        v_state.reshape(rows, -1))
         else:
             index = real.nonzero()[:, 0]
             layer.write(index, slot[index], k_rot.reshape(rows, -1)[index], v_state.reshape(rows, -1)[index])

@@ -50,11 +50,11 @@ def page_attention(queries: Tensor, keys: Tensor, values: Tensor, valid: Tensor,
 
 
 def page_attention_fused(queries: Tensor, keys: Tensor, values: Tensor, valid: Tensor, scale: float):
-    mask = torch.zeros(valid.shape, dtype=keys.dtype, device=keys.device).masked_fill_(~valid, -math.inf)
+    mask = torch.where(valid, 0.0, -math.inf).to(keys.dtype)
     out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
         queries[:, None], keys[:, None], values[:, None], attn_mask=mask[:, None, None], scale=scale)[:2]
-    lse = lse[:, 0].float().masked_fill(~valid.any(-1, keepdim=True), -math.inf)   # the kernel says 0 there
-    return out[:, 0].float(), lse
+    # The kernel gives lse 0 to a page with no valid slot; valid slots are a prefix of the page.
+    return out[:, 0].float(), lse[:, 0].float().masked_fill(~valid[:, :1], -math.inf)
 
 
 def page_attention_bmm(queries: Tensor, keys: Tensor, values: Tensor, valid: Tensor, scale: float):
@@ -189,15 +189,17 @@ class DMCLayer(CacheLayerMixin):
                                      table=self.block_table.clamp(min=0), missing=self.block_table[..., None] < 0)
         return self.layout
 
-    def attend(self, queries: Tensor, visible: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    def attend(self, queries: Tensor, visible: Tensor, scale: float,
+               with_lse: bool = True) -> tuple[Tensor, Tensor | None]:
         """Attention of each row's queries over the first ``visible`` slots of that row.
 
         queries: (R, M, D), M = query heads per KV head x query tokens; visible: (R,).
-        Returns out (R, M, D) and log-sum-exp (R, M) (-inf, with out 0, where nothing is visible).
+        Returns out (R, M, D) (0 where nothing is visible) and, if ``with_lse``, the log-sum-exp
+        (R, M) (-inf where nothing is visible) for merging with attention over other keys.
 
         Split-K over pages, as flash-decoding does: every page below the high-water mark yields
         its own partial softmax (output and log-sum-exp), with K and V read in place; each row
-        then combines the partials of its pages, found through its block table.
+        then weighs the partials of its pages, found through its block table, by their softmax.
         """
         layout = self._page_layout()
         high = self.pages_high
@@ -206,9 +208,9 @@ class DMCLayer(CacheLayerMixin):
         page_out, page_lse = page_attention(queries[layout.owner.clamp(max=queries.shape[0] - 1)],
                                             self.k_pool[:high], self.v_pool[:high], valid, scale)
         row_lse = page_lse[layout.table].masked_fill(layout.missing, -math.inf)       # (R, pages, M)
-        lse = torch.logsumexp(row_lse, 1)
-        weight = torch.exp(row_lse - lse.unsqueeze(1)).nan_to_num(0.0)               # 0 where nothing is visible
-        return torch.einsum("rpm,rpmd->rmd", weight, page_out[layout.table]), lse
+        weight = torch.softmax(row_lse, 1).nan_to_num(0.0)                           # 0 where nothing is visible
+        out = (weight.unsqueeze(-1) * page_out[layout.table]).sum(1)
+        return out, torch.logsumexp(row_lse, 1) if with_lse else None
 
     # -- accounting -----------------------------------------------------------------------------
 

@@ -17,9 +17,9 @@ class DMCConfig:
                   "channel starts at alpha = sigmoid(-5) = 0.007 (almost always append)")
     temperature: float = field(0.1, help="Gumbel-sigmoid temperature of the training-time relaxation")
     window: int = field(12, help="a slot averages at most the last WINDOW tokens of its run (official: 12)")
-    page_size: int = field(128, help="slots per cache page; pages are per (sequence, KV head). Larger pages mean "
-                                    "fewer, larger attention calls, which decode faster on CPU (docs/results/dmc_benchmarks.md), "
-                                    "and waste half a page per head on average")
+    page_size: int = field(128, help="slots per cache page; pages are per (sequence, KV head). Larger pages "
+                                     "mean fewer, larger attention calls, which decode faster on CPU "
+                                     "(docs/results/dmc_benchmarks.md), and waste half a page per head on average")
     force_cr: float | None = field(
         None, help="replace learned decisions by a fixed pattern giving this compression ratio in every "
                    "head (benchmarks, engine tests); None: learned decisions")
