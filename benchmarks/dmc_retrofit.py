@@ -7,9 +7,10 @@ short sequences early, on the same data, steps and evaluation windows.
 Each variant is ``dynacomp dmc retrofit`` into OUT/VARIANT (resumable); OUT/summary.json gathers
 the reports' headline numbers, and a markdown table is printed for docs/results/dmc_retrofit.md.
 
-    python benchmarks/dmc_retrofit.py --curve runs/cr2/summary.json runs/cr3/summary.json ... --png FILE
+    python benchmarks/dmc_retrofit.py --curve runs/cr2/summary.json runs/cr3/report.json ... --png FILE
 
-plots perplexity / base against the realised ratio of one variant (default plain) over runs.
+plots perplexity / base against the realised ratio over runs (of one variant, default plain, for
+summary files).
 """
 
 from __future__ import annotations
@@ -45,13 +46,18 @@ def table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def curve_point(record: dict, variant: str) -> dict:
+    """The headline numbers of a run: a retrofit's report.json, or one variant of a summary.json."""
+    return report_summary(record) if "compression_ratio" in record else record[variant]
+
+
 def plot_curve(summaries: list[Path], variant: str, png: Path, title: str) -> None:
-    """Perplexity ratio against realised compression ratio, one point per summary file."""
+    """Perplexity ratio against realised compression ratio, one point per summary or report file."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = sorted((json.loads(p.read_text())[variant] for p in summaries), key=lambda r: r["target_cr"])
+    rows = sorted((curve_point(json.loads(p.read_text()), variant) for p in summaries), key=lambda r: r["target_cr"])
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     ax.plot([r["compression_ratio"] for r in rows], [r["perplexity_ratio"] for r in rows], "o-")
     for r in rows:
@@ -70,7 +76,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--variants", nargs="+", default=["plain", "distill", "attention"], choices=VARIANTS)
-    parser.add_argument("--curve", type=Path, nargs="+", help="summary.json files to plot instead of training")
+    parser.add_argument("--curve", type=Path, nargs="+",
+                        help="summary.json (of this script) or report.json (of a retrofit) files to plot instead "
+                             "of training")
     parser.add_argument("--png", type=Path, help="with --curve: the PNG to write")
     parser.add_argument("--title", default="DMC retrofit of SmolLM2-135M", help="with --curve: the plot title")
     add_config_args(parser, RetrofitConfig)
