@@ -8,8 +8,8 @@ Perplexity (``dynacomp.dmc.evaluate.perplexity_online``, every token decoded thr
 compressed cache) for vanilla, DMC with a fixed pattern (``dmc_forced``), StreamingLLM, H2O and
 TOVA at every ``--crs`` ratio and at each trained DMC checkpoint's realised ratio (equal memory),
 int8 and int4 once (their ratio is set by the bit width), and each trained DMC checkpoint; passkey
-accuracy per context length for every method at ``--passkey-cr``. Writes a markdown file, a JSON file and two plots beside ``--out``, each
-naming the command, the machine and the date.
+accuracy per context length for every method at ``--passkey-cr``. Writes a markdown file, a JSON
+file and two plots beside ``--out``, each naming the command, the machine and the date.
 """
 
 from __future__ import annotations
