@@ -92,22 +92,22 @@ def main() -> None:
         return {**perplexity_online(m, ids, method, cr, args.context, options), "model": name}
 
     # Trained checkpoints first: the peers then also run at each one's realised ratio (equal memory).
-    rows, keys = [], []
+    trained, trained_keys = [], []
     for checkpoint in args.dmc_checkpoints:
         dmc, dmc_tokenizer = load_for_eval(MethodConfig(model=checkpoint, device=args.device, dtype=args.dtype))
         if dmc_tokenizer.get_vocab() != tokenizer.get_vocab():
             raise SystemExit(f"{checkpoint} has another tokenizer than {args.model}: perplexities would not compare")
-        rows.append(ppl(dmc, "dmc", 1, checkpoint))
-        keys.append({**passkey(dmc, tokenizer, "dmc", 1, args.passkey_lengths, args.trials, 0, pk_options),
-                     "model": checkpoint})
-    crs = sorted({*args.crs, *(round(r["ratio"], 2) for r in rows)})
-    rows.insert(0, ppl(model, "vanilla", 1, args.model))
-    rows += [ppl(model, method, 1, args.model) for method in QUANTISED]
+        trained.append(ppl(dmc, "dmc", 1, checkpoint))
+        trained_keys.append({**passkey(dmc, tokenizer, "dmc", 1, args.passkey_lengths, args.trials, 0, pk_options),
+                             "model": checkpoint})
+    crs = sorted({*args.crs, *(round(r["ratio"], 2) for r in trained)})
+    rows = [ppl(model, method, 1, args.model) for method in ("vanilla", *QUANTISED)]
     # dmc_forced at CR 1 shows what stripping the decision channel alone costs a model never retrofitted
     rows += [ppl(model, method, cr, args.model) for method in EVICTION
              for cr in ([1, *crs] if method == "dmc_forced" else crs)]
+    rows += trained
     keys = [passkey(model, tokenizer, method, args.passkey_cr, args.passkey_lengths, args.trials, 0, pk_options)
-            for method in ("vanilla", *QUANTISED, *EVICTION)] + keys
+            for method in ("vanilla", *QUANTISED, *EVICTION)] + trained_keys
 
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     header = {"command": command, "machine": machine(args.device), "date": datetime.date.today().isoformat(),
