@@ -94,7 +94,8 @@ def main() -> None:
     # Trained checkpoints first: the peers then also run at each one's realised ratio (equal memory).
     trained, trained_keys = [], []
     for checkpoint in args.dmc_checkpoints:
-        dmc, dmc_tokenizer = load_for_eval(MethodConfig(model=checkpoint, device=args.device, dtype=args.dtype))
+        dmc, dmc_tokenizer = load_for_eval(MethodConfig(model=checkpoint, method="dmc", device=args.device,
+                                                        dtype=args.dtype))
         if dmc_tokenizer.get_vocab() != tokenizer.get_vocab():
             raise SystemExit(f"{checkpoint} has another tokenizer than {args.model}: perplexities would not compare")
         trained.append(ppl(dmc, "dmc", 1, checkpoint))

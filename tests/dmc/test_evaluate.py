@@ -127,3 +127,23 @@ def test_cli_eval_on_a_user_file(tmp_path, capsys, monkeypatch):
     args = parser.parse_args(["passkey", "--method", "streaming_llm", "--lengths", "64", "80", "--trials", "1"])
     args.func(args)
     assert "context  accuracy" in capsys.readouterr().out
+
+
+def test_a_dmc_checkpoint_runs_the_peers_on_its_own_weights(tmp_path):
+    from transformers import AutoTokenizer
+
+    from dynacomp.dmc import save
+    from dynacomp.dmc.eval_cli import MethodConfig, load_for_eval
+    from dynacomp.dmc.model import DMCModelMixin
+    from dynacomp.models import resolve
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve("smollm2-135m"))
+    model = convert(tiny_model(vocab_size=len(tokenizer)), DMCConfig(force_cr=None))
+    save(model, tmp_path / "ckpt", tokenizer)
+    dmc, _ = load_for_eval(MethodConfig(model=str(tmp_path / "ckpt"), method="dmc"))
+    plain, _ = load_for_eval(MethodConfig(model=str(tmp_path / "ckpt"), method="h2o"))
+    assert isinstance(dmc, DMCModelMixin) and not isinstance(plain, DMCModelMixin)
+    d = plain.config.head_dim
+    for layer, source in zip(plain.model.layers, model.model.layers):
+        assert not layer.self_attn.k_proj.weight[d - 1::d].any() and not layer.self_attn.q_proj.weight[d - 1::d].any()
+        assert torch.equal(layer.mlp.up_proj.weight, source.mlp.up_proj.weight)

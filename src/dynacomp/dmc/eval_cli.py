@@ -22,7 +22,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 @dataclass
 class MethodConfig:
     model: str = field("smollm2-135m", help="embedded name, local folder, Hugging Face id, or a DMC checkpoint "
-                                            "folder (for --method dmc)")
+                                            "folder (other methods run on its weights, decision channels zeroed)")
     method: Literal[METHODS] = field("vanilla", help="how the KV cache is kept")
     cr: float = field(4.0, help="compression ratio: eviction keeps ceil(tokens / CR) slots per KV head; "
                                 "dmc_forced merges at this ratio; ignored by vanilla, dmc, int8 and int4")
@@ -64,17 +64,26 @@ def register_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def load_for_eval(config: MethodConfig):
-    """``(model, tokenizer)`` on the configured device: a DMC checkpoint or a plain causal LM."""
-    from dynacomp.dmc import is_dmc_checkpoint, load
+    """``(model, tokenizer)`` on the configured device: a plain causal LM, or a DMC checkpoint.
+
+    A DMC checkpoint asked for a method that is not DMC (vanilla, int8/int4, an eviction policy)
+    loads as a plain model of its own weights with the decision channels zeroed, i.e. the model
+    that would append every token: peers then differ from its DMC cache by the policy alone, not
+    by the retrofit's fine-tuning.
+    """
+    from dynacomp.dmc import is_dmc_checkpoint, load, load_base, zero_decision_channels
     from dynacomp.models import load_causal_lm
 
     dtype = DTYPES[config.dtype]
-    if is_dmc_checkpoint(config.model):
-        model, tokenizer = load(config.model, dtype=dtype)
-        if tokenizer is None:
-            raise SystemExit(f"{config.model} holds no tokenizer: save the checkpoint with its tokenizer")
-    else:
+    if not is_dmc_checkpoint(config.model):
         model, tokenizer = load_causal_lm(config.model, dtype=dtype)
+    elif config.method in ("dmc", "dmc_forced"):
+        model, tokenizer = load(config.model, dtype=dtype)
+    else:
+        model, tokenizer, _ = load_base(config.model, dtype=dtype)
+        zero_decision_channels(model)
+    if tokenizer is None:
+        raise SystemExit(f"{config.model} holds no tokenizer: save the checkpoint with its tokenizer")
     return model.to(config.device), tokenizer
 
 
