@@ -17,7 +17,7 @@ import torch
 
 from dynacomp.dmc import DMCConfig, convert, is_dmc_checkpoint, load, load_base, zero_decision_channels
 from dynacomp.dmc.retrofit import (
-    RetrofitConfig, RetrofitTask, _stage_model, fold_decision_scale, ratio_loss, retrofit,
+    RetrofitConfig, RetrofitTask, _stage_model, calibrate, fold_decision_scale, ratio_loss, retrofit,
 )
 from tests.dmc.tiny import tiny_model
 
@@ -186,6 +186,18 @@ def test_continuing_from_a_checkpoint_ramps_on_from_its_ratio(finished_run, tmp_
     continued = retrofit(more, tmp_path, command="test")
     assert not (tmp_path / "zero_out").exists() and continued["tokens_trained"] == 2 * 4 * 32
     assert [m["target_cr"] for m in metrics(tmp_path / "retrofit")] == [2.5, 3.0]
+
+
+def test_calibration_finds_the_threshold_that_realises_the_target(finished_run, tmp_path):
+    config, out, report = finished_run
+    target = report["compression_ratio"] * 1.2
+    calibrated = calibrate(out / "model", tmp_path, target, base=config.model, data=config.data, tokens=128,
+                           context=32, eval_tokens=256, command="test")
+    assert calibrated["validation_ratio"] >= target and calibrated["decision_threshold"] < 0
+    model, _ = load(tmp_path / "model")
+    assert model.dmc_config.decision_threshold == calibrated["decision_threshold"]
+    assert calibrated["compression_ratio"] > report["compression_ratio"]     # more merging on the test split too
+    assert json.loads((tmp_path / "report.json").read_text())["command"] == "test"
 
 
 def test_torchrun_two_processes_through_the_cli(tiny_folder, tmp_path):

@@ -196,7 +196,7 @@ class DMCAttention(nn.Module):
                 alpha = torch.sigmoid(logits) * can_merge
             else:
                 soft = torch.sigmoid(logits)
-                hard = (logits > 0).float()
+                hard = (logits > self.dmc.decision_threshold).float()
                 alpha = (hard - soft.detach() + soft) * can_merge
                 logits = torch.where(hard > 0, math.inf, -math.inf)
         if k.shape[2] == 1:                       # decoding: no later query of the chunk needs a bias

@@ -44,6 +44,18 @@ def run_retrofit(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_calibrate(args: argparse.Namespace) -> int:
+    from dynacomp.dmc.retrofit import calibrate, report_summary
+
+    report = calibrate(args.model, args.out, args.target_cr, base=args.base, data=args.data, tokens=args.tokens,
+                       context=args.context, eval_tokens=args.eval_tokens,
+                       command=shlex.join(["dynacomp", *sys.argv[1:]]))
+    summary = report_summary(report | {"tokens_trained": 0})
+    emit(report if args.json else summary | {"decision_threshold": report["decision_threshold"],
+                                             "out": str(args.out)}, args.json, format_mapping)
+    return 0
+
+
 def load_for_generation(model: str, overrides: dict):
     """(model, tokenizer): a DMC checkpoint with ``overrides``, or a plain model converted with them."""
     from dynacomp.dmc import DMCConfig, convert, is_dmc_checkpoint, load, zero_decision_channels
@@ -92,6 +104,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_args(retrofit, RetrofitConfig)
     add_json_flag(retrofit)
     retrofit.set_defaults(func=run_retrofit)
+
+    calibrate = commands.add_parser(
+        "calibrate", help="tune a retrofitted checkpoint's decision threshold to realise a target ratio",
+        description="Training aims the soft (Gumbel) ratio at the target; with hard decisions a model keeps a few "
+                    "percent more or fewer slots. This bisects the threshold on the decision logit on the "
+                    "validation split until the model realises --target-cr, saves OUT/model, and reports base and "
+                    "DMC perplexity and the realised ratios on the test split (OUT/report.json, OUT/cr_heatmap.png).")
+    calibrate.add_argument("--model", required=True, help="a DMC checkpoint folder (e.g. RUN/model of a retrofit)")
+    calibrate.add_argument("--target-cr", type=float, required=True, help="the ratio to realise on held-out text")
+    calibrate.add_argument("--out", type=Path, required=True, help="output folder")
+    calibrate.add_argument("--base", default="smollm2-135m", help="the unmodified model, for the base perplexity")
+    calibrate.add_argument("--data", default="english", help="corpus name or text file (as for retrofit)")
+    calibrate.add_argument("--tokens", type=int, default=4096, help="validation tokens for the bisection")
+    calibrate.add_argument("--context", type=int, default=512, help="window of every evaluation, in tokens")
+    calibrate.add_argument("--eval-tokens", type=int, default=16384, help="test tokens for the report")
+    add_json_flag(calibrate)
+    calibrate.set_defaults(func=run_calibrate)
 
     generate = commands.add_parser("generate", help="generate with a DMC model and show the cache statistics",
                                    description=GENERATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)

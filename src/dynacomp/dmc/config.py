@@ -20,6 +20,10 @@ class DMCConfig:
     page_size: int = field(128, help="slots per cache page; pages are per (sequence, KV head). Larger pages "
                                      "mean fewer, larger attention calls, which decode faster on CPU "
                                      "(docs/results/dmc_benchmarks.md), and waste half a page per head on average")
+    decision_threshold: float = field(
+        0.0, help="hard decisions (inference) merge where the decision logit exceeds this; below 0 merges more. "
+                  "Training never uses it: a retrofit's realised ratio can be tuned on held-out text afterwards "
+                  "(dynacomp.dmc.retrofit.calibrate_threshold)")
     force_cr: float | None = field(
         None, help="replace learned decisions by a fixed pattern giving this compression ratio in every "
                    "head (benchmarks, engine tests); None: learned decisions")

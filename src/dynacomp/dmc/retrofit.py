@@ -330,8 +330,9 @@ def slot_counts(cache) -> tuple[int, Tensor]:
     return int(cache.tokens.sum()), torch.stack([layer.slots.view(batch, -1).sum(0) for layer in cache.layers])
 
 
-def evaluate(model: nn.Module, base: nn.Module, tokens: Tensor, context: int, batch_size: int) -> dict:
-    """Base and DMC perplexity on the same windows, the DMC one through real caches; ratios."""
+def read_through_caches(model: nn.Module, tokens: Tensor, context: int, batch_size: int) -> tuple[dict, int, Tensor]:
+    """DMC perplexity of ``tokens`` read window by window through fresh caches (hard decisions),
+    with the tokens seen and the slots (layers, H) the caches hold."""
     caches = []
 
     def fresh_cache():
@@ -339,11 +340,15 @@ def evaluate(model: nn.Module, base: nn.Module, tokens: Tensor, context: int, ba
         return caches[-1]
 
     model.eval()
-    dmc = perplexity(model, tokens, context, batch_size=batch_size, cache_factory=fresh_cache)
-    plain = perplexity(base, tokens, context, batch_size=batch_size)
+    result = perplexity(model, tokens, context, batch_size=batch_size, cache_factory=fresh_cache)
     counts = [slot_counts(c) for c in caches]
-    seen = sum(t for t, _ in counts)
-    slots = sum(s for _, s in counts).double()                                       # (layers, H)
+    return result, sum(t for t, _ in counts), sum(s for _, s in counts).double()
+
+
+def evaluate(model: nn.Module, base: nn.Module, tokens: Tensor, context: int, batch_size: int) -> dict:
+    """Base and DMC perplexity on the same windows, the DMC one through real caches; ratios."""
+    dmc, seen, slots = read_through_caches(model, tokens, context, batch_size)
+    plain = perplexity(base, tokens, context, batch_size=batch_size)
     return {
         "base_perplexity": plain["perplexity"], "dmc_perplexity": dmc["perplexity"],
         "perplexity_ratio": dmc["perplexity"] / plain["perplexity"],
@@ -351,6 +356,26 @@ def evaluate(model: nn.Module, base: nn.Module, tokens: Tensor, context: int, ba
         "per_layer_head": (seen / slots).tolist(),
         "eval": {"split": "test", "scored_tokens": dmc["tokens"], "context": context, "windows": dmc["windows"]},
     }
+
+
+@torch.no_grad()
+def calibrate_threshold(model: nn.Module, tokens: Tensor, target_cr: float, context: int, batch_size: int,
+                        steps: int = 8, bound: float = 4.0) -> tuple[float, float]:
+    """The largest decision threshold in [-bound, bound] at which ``model`` (a DMC model) realises
+    at least ``target_cr`` on ``tokens``, by bisection (the ratio falls as the threshold rises).
+    Sets it on the model and returns (threshold, realised ratio)."""
+    def ratio_at(threshold: float) -> float:
+        convert(model, replace(model.dmc_config, decision_threshold=threshold))
+        _, seen, slots = read_through_caches(model, tokens, context, batch_size)
+        return seen * slots.numel() / float(slots.sum())
+
+    low, high = -bound, bound
+    if ratio_at(low) < target_cr:
+        raise ValueError(f"even at threshold {low} the model realises less than ratio {target_cr}")
+    for _ in range(steps):
+        middle = (low + high) / 2
+        low, high = (middle, high) if ratio_at(middle) >= target_cr else (low, middle)
+    return low, ratio_at(low)
 
 
 def plot_cr_heatmap(per_layer_head: list[list[float]], path: Path, title: str) -> None:
@@ -437,6 +462,33 @@ def retrofit(config: RetrofitConfig, out_dir: str | Path, command: str | None = 
     return report
 
 
+def calibrate(checkpoint: str | Path, out_dir: str | Path, target_cr: float, base: str = DEFAULT_MODEL,
+              data: str = "english", tokens: int = 4096, context: int = 512, eval_tokens: int = 16384,
+              batch_size: int = 4, command: str | None = None) -> dict:
+    """Tune a retrofitted checkpoint's decision threshold on the validation split so that it
+    realises ``target_cr`` (training aims the soft ratio at the target; hard decisions land a little
+    off it), save the result to ``out_dir/model`` and report it on the test split like ``retrofit``."""
+    from dynacomp.dmc.model import load
+
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    model, tokenizer = load(checkpoint)
+    validation = tokenize(tokenizer, load_text(data, "validation"), tokens)
+    threshold, realised = calibrate_threshold(model, validation, target_cr, context, batch_size)
+    test = tokenize(tokenizer, load_text(data, "test"), eval_tokens)
+    report = {"model": str(checkpoint), "base": base, "data": data, "target_cr": target_cr,
+              "decision_threshold": threshold, "validation_ratio": realised,
+              **evaluate(model, load_model(base), test, context, batch_size),
+              "command": command or shlex.join(sys.argv)}
+    save(model, out_dir / "model", tokenizer)
+    plot_cr_heatmap(report["per_layer_head"], out_dir / "cr_heatmap.png",
+                    f"{Path(str(checkpoint)).parent.name}, threshold {threshold:.3f}: realised "
+                    f"{report['compression_ratio']:.2f}, ppl x{report['perplexity_ratio']:.3f}")
+    report["wall_time_s"] = time.perf_counter() - t0
+    write_json(out_dir / "report.json", report)
+    return report
+
+
 # ------------------------------------------------------------------------------------------ demo
 
 DEMO_CONFIG = RetrofitConfig(target_cr=1.5, seq_len=128, batch_size=2, zero_out_steps=2, retrofit_steps=12,
@@ -461,5 +513,5 @@ def report_summary(report: dict) -> dict:
     return {k: report[k] for k in keys} | {"eval_tokens": report["eval"]["scored_tokens"]}
 
 
-__all__ = ["RetrofitConfig", "RetrofitTask", "demo", "evaluate", "plot_cr_heatmap", "ratio_loss", "retrofit",
+__all__ = ["RetrofitConfig", "RetrofitTask", "calibrate", "calibrate_threshold", "demo", "evaluate", "plot_cr_heatmap", "ratio_loss", "retrofit",
            "distillation_loss", "report_summary"]
