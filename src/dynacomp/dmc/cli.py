@@ -50,9 +50,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     report = calibrate(args.model, args.out, args.target_cr, base=args.base, data=args.data, tokens=args.tokens,
                        context=args.context, eval_tokens=args.eval_tokens,
                        command=shlex.join(["dynacomp", *sys.argv[1:]]))
-    summary = report_summary(report | {"tokens_trained": 0})
-    emit(report if args.json else summary | {"decision_threshold": report["decision_threshold"],
-                                             "out": str(args.out)}, args.json, format_mapping)
+    summary = report_summary(report) | {"decision_threshold": report["decision_threshold"], "out": str(args.out)}
+    emit(report if args.json else summary, args.json, format_mapping)
     return 0
 
 

@@ -482,8 +482,8 @@ def calibrate(checkpoint: str | Path, out_dir: str | Path, target_cr: float, bas
               "command": command or shlex.join(sys.argv)}
     save(model, out_dir / "model", tokenizer)
     plot_cr_heatmap(report["per_layer_head"], out_dir / "cr_heatmap.png",
-                    f"{Path(str(checkpoint)).parent.name}, threshold {threshold:.3f}: realised "
-                    f"{report['compression_ratio']:.2f}, ppl x{report['perplexity_ratio']:.3f}")
+                    f"threshold {threshold:.3f}: realised {report['compression_ratio']:.2f}, "
+                    f"ppl x{report['perplexity_ratio']:.3f}")
     report["wall_time_s"] = time.perf_counter() - t0
     write_json(out_dir / "report.json", report)
     return report
@@ -507,10 +507,10 @@ def demo(out_dir: str | Path | None = None, **overrides) -> dict:
 
 
 def report_summary(report: dict) -> dict:
-    """The headline numbers of a report, for printing."""
+    """The headline numbers of a retrofit's (or a calibration's) report, for printing."""
     keys = ("model", "target_cr", "compression_ratio", "base_perplexity", "dmc_perplexity", "perplexity_ratio",
             "tokens_trained", "wall_time_s")
-    return {k: report[k] for k in keys} | {"eval_tokens": report["eval"]["scored_tokens"]}
+    return {k: report[k] for k in keys if k in report} | {"eval_tokens": report["eval"]["scored_tokens"]}
 
 
 __all__ = ["RetrofitConfig", "RetrofitTask", "calibrate", "calibrate_threshold", "demo", "evaluate", "plot_cr_heatmap", "ratio_loss", "retrofit",
