@@ -406,6 +406,17 @@ def plot_cr_heatmap(per_layer_head: list[list[float]], path: Path, title: str) -
     plt.close(fig)
 
 
+def write_outputs(model: nn.Module, tokenizer, report: dict, out_dir: Path, title: str, t0: float) -> dict:
+    """OUT/model (the checkpoint), OUT/cr_heatmap.png and OUT/report.json (with the wall time since
+    ``t0``) of a retrofit or a calibration; returns the report."""
+    save(model, out_dir / "model", tokenizer)
+    plot_cr_heatmap(report["per_layer_head"], out_dir / "cr_heatmap.png",
+                    f"{title}: realised {report['compression_ratio']:.2f}, ppl x{report['perplexity_ratio']:.3f}")
+    report["wall_time_s"] = time.perf_counter() - t0
+    write_json(out_dir / "report.json", report)
+    return report
+
+
 def retrofit(config: RetrofitConfig, out_dir: str | Path, command: str | None = None) -> dict | None:
     """Run the three stages into ``out_dir`` (resuming what is there), evaluate, write the outputs.
 
@@ -453,13 +464,8 @@ def retrofit(config: RetrofitConfig, out_dir: str | Path, command: str | None = 
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "device": "cuda" if torch.cuda.is_available() else "cpu"},
     }
-    save(model, out_dir / "model", tokenizer)
-    plot_cr_heatmap(report["per_layer_head"], out_dir / "cr_heatmap.png",
-                    f"{Path(config.model).name}, target {config.target_cr:g}: realised "
-                    f"{report['compression_ratio']:.2f}, ppl x{report['perplexity_ratio']:.3f}")
-    report["wall_time_s"] = time.perf_counter() - t0
-    write_json(out_dir / "report.json", report)
-    return report
+    title = f"{Path(config.model).name}, target {config.target_cr:g}"
+    return write_outputs(model, tokenizer, report, out_dir, title, t0)
 
 
 def calibrate(checkpoint: str | Path, out_dir: str | Path, target_cr: float, base: str = DEFAULT_MODEL,
@@ -480,13 +486,7 @@ def calibrate(checkpoint: str | Path, out_dir: str | Path, target_cr: float, bas
               "decision_threshold": threshold, "validation_ratio": realised,
               **evaluate(model, load_model(base), test, context, batch_size),
               "command": command or shlex.join(sys.argv)}
-    save(model, out_dir / "model", tokenizer)
-    plot_cr_heatmap(report["per_layer_head"], out_dir / "cr_heatmap.png",
-                    f"threshold {threshold:.3f}: realised {report['compression_ratio']:.2f}, "
-                    f"ppl x{report['perplexity_ratio']:.3f}")
-    report["wall_time_s"] = time.perf_counter() - t0
-    write_json(out_dir / "report.json", report)
-    return report
+    return write_outputs(model, tokenizer, report, out_dir, f"threshold {threshold:.3f}", t0)
 
 
 # ------------------------------------------------------------------------------------------ demo
@@ -513,5 +513,6 @@ def report_summary(report: dict) -> dict:
     return {k: report[k] for k in keys if k in report} | {"eval_tokens": report["eval"]["scored_tokens"]}
 
 
-__all__ = ["RetrofitConfig", "RetrofitTask", "calibrate", "calibrate_threshold", "demo", "evaluate", "plot_cr_heatmap", "ratio_loss", "retrofit",
+__all__ = ["RetrofitConfig", "RetrofitTask", "calibrate", "calibrate_threshold", "demo", "evaluate",
+           "plot_cr_heatmap", "ratio_loss", "retrofit",
            "distillation_loss", "report_summary"]
