@@ -119,22 +119,46 @@ def test_reestimate_places_codes_on_the_data():
     assert sorted(indices.unique().tolist()) == [0, 1, 2, 3]
 
 
-def test_reestimate_dead_only_keeps_live_codes():
-    centres, x = blobs()
-    vq = quantizer(reestimate_every=1, reestimate_dead_only=True)
-    with torch.no_grad():
-        vq.codebook.copy_(torch.cat([centres[:2], torch.full((2, 3), 100.0)]))  # two codes nobody picks
+@pytest.mark.parametrize("update", ["gradient", "ema"])
+def test_reseeding_replaces_only_underused_codes(update):
+    centres, x = blobs(per=64)
+    vq = quantizer(k=5, reestimate_every=1, reseed_below=0.5, update=update)
+    # codes 0-1 take blobs 0-1; code 2 sits between blobs 2 and 3 and takes both; codes 3-4 are
+    # far away and take nothing
+    codebook = torch.stack([centres[0], centres[1], (centres[2] + centres[3]) / 2,
+                            centres[3] + 50.0, torch.full((3,), 100.0)])
+    vq.codebook.data.copy_(codebook)
     vq(x)
-    assert vq.code_counts.tolist()[2:] == [0, 0]
+    vq.codebook.data.copy_(codebook)   # undo the EMA update of this batch: the fixed codes stay put
+    counts = vq.code_counts.tolist()
+    assert counts[:3] == [64, 64, 128] and counts[3:] == [0, 0]
     before = vq.codebook.detach().clone()
-    assert vq.reestimate() == 2
-    assert torch.equal(vq.codebook[:2], before[:2])
-    assert torch.cdist(vq.codebook[2:].detach(), centres[2:]).min(1).values.max() < 0.05
+    assert vq.reestimate(underused_only=True) == 2
+    assert torch.equal(vq.codebook[:3], before[:3])
+    if update == "ema":
+        assert vq.ema_count.tolist()[3:] == [1.0, 1.0] and torch.equal(vq.ema_sum[3:], vq.codebook[3:])
+    # the two new codes go where the fixed ones cover the data worst: blobs 2 and 3
+    assert torch.cdist(vq.codebook[3:].detach(), centres[2:4]).min(1).values.max() < 0.05
+
+
+def test_reseeding_threshold_is_relative_to_the_mean_count():
+    vq = quantizer(k=4, reestimate_every=1, reseed_below=0.5)
+    vq.code_counts.copy_(torch.tensor([100, 60, 27, 22]))   # mean 52.25: below 26.1 is underused
+    vq._sample(torch.randn(50, 3))
+    assert vq.reestimate(underused_only=True) == 1
+
+
+def test_schedule_reestimates_all_codes_then_reseeds_underused_ones(monkeypatch):
+    vq = quantizer(bypass_steps=4, reestimate_every=3, reestimate_until=7, reseed_until=13)
+    calls = []
+    monkeypatch.setattr(vq, "reestimate", lambda underused_only=False: calls.append(underused_only) or 1)
+    steps = [step for step in range(16) if vq.on_step_start(step)]
+    assert steps == [4, 7, 10, 13] and calls == [False, False, True, True]
 
 
 def test_schedule_bypass_then_periodic_reestimation():
     _, x = blobs()
-    vq = quantizer(bypass_steps=4, reestimate_every=3, reestimate_until=10)
+    vq = quantizer(bypass_steps=4, reestimate_every=3, reestimate_until=10, reseed_until=0)
     replaced = []
     for step in range(14):
         replaced.append(vq.on_step_start(step))

@@ -9,7 +9,12 @@ placed codebook and only a few codes are ever nearest. The paper's remedies, eac
 - a raised learning rate for a gradient-trained codebook (``param_groups`` gives it its own group);
 - data-dependent (re-)initialisation: a warm-up that bypasses the quantiser, a reservoir sample of
   recent inputs, and k-means++ then k-means on it every ``reestimate_every`` steps, replacing all
-  codes or only the dead ones.
+  codes (up to ``reestimate_until``).
+
+Beyond the paper, a second phase up to ``reseed_until`` re-seeds on the same beat only the codes
+chosen less than ``reseed_below`` times the mean, keeping the others: k-means leaves cluster sizes
+uneven and the encoder keeps moving after the last full re-estimation, and re-seeding the
+underused codes where the reservoir is worst covered evens their use out without moving the rest.
 
 The schedule runs from ``on_step_start(step)``, which a training task calls before each step. In
 DDP every rank's reservoir goes to rank 0, which re-estimates and broadcasts the codebook; code
@@ -48,9 +53,11 @@ class VQConfig:
     bypass_steps: int = field(100, help="steps at the start that pass inputs through unquantised (warm-up)")
     reestimate_every: int = field(100, help="steps between k-means re-estimations of the codebook from the "
                                           "reservoir, from the end of the warm-up (0: never)")
-    reestimate_until: int = field(500, help="last step that may re-estimate (0: no limit)")
-    reestimate_dead_only: bool = field(False, help="re-estimate only the dead codes, keeping the live ones")
-    dead_threshold: int = field(1, help="a code chosen fewer times than this since the last re-estimation is dead")
+    reestimate_until: int = field(500, help="last step that may re-estimate all codes (0: no limit)")
+    reseed_until: int = field(900, help="after reestimate_until, last step that may re-seed the underused codes "
+                                      "(0 or <= reestimate_until: no such phase)")
+    reseed_below: float = field(0.5, help="a code chosen fewer times than this fraction of the mean code count "
+                                        "since the last re-estimation is underused (0: only unused codes)")
     reservoir_size: int = field(20480, help="inputs kept by the reservoir sampler for re-estimation")
     kmeans_iters: int = field(50, help="Lloyd iterations after k-means++ seeding")
 
@@ -58,6 +65,8 @@ class VQConfig:
         if self.codebook_size < 1 or self.reservoir_size < 0 or min(self.bypass_steps, self.reestimate_every) < 0:
             raise ValueError("VQConfig: codebook_size must be >= 1; reservoir_size, bypass_steps and "
                              "reestimate_every >= 0")
+        if self.reseed_below < 0:
+            raise ValueError("VQConfig.reseed_below must be >= 0")
         if self.update not in ("gradient", "ema"):
             raise ValueError(f"VQConfig.update is 'gradient' or 'ema', not {self.update!r}")
 
@@ -91,7 +100,7 @@ class VectorQuantizer(nn.Module):
             self.register_buffer("codebook", codebook)
             self.register_buffer("ema_count", torch.ones(codebook_size))
             self.register_buffer("ema_sum", codebook.clone())
-        # How often each code was chosen since the last re-estimation: finds the dead ones.
+        # How often each code was chosen since the last re-estimation: finds the underused ones.
         self.register_buffer("code_counts", torch.zeros(codebook_size, dtype=torch.long))
         self.bypass = False   # set by on_step_start: without the schedule, plain quantisation
         self.collect = config.reestimate_every > 0 and config.reservoir_size > 0
@@ -216,46 +225,51 @@ class VectorQuantizer(nn.Module):
         return torch.cat([p[:int(n)] for p, n in zip(parts, counts)])
 
     @torch.no_grad()
-    def reestimate(self) -> int:
+    def reestimate(self, underused_only: bool = False) -> int:
         """Re-estimate the codebook by k-means on the reservoir (k-means++ seeding, then Lloyd):
-        all codes, or with ``reestimate_dead_only`` only those used fewer than ``dead_threshold``
-        times since the last re-estimation. Resets the reservoir and the counts. Collective in DDP
-        (call on every rank). Returns the number of codes replaced (0 with an empty reservoir)."""
+        all codes, or with ``underused_only`` only the codes chosen less than ``reseed_below``
+        times the mean (or never) since the last re-estimation, the others fixed. Resets the
+        reservoir and the counts. Collective in DDP (call on every rank). Returns the number of
+        codes replaced (0 with an empty reservoir)."""
         vectors = self._gathered_reservoir()
         replaced = 0
         if len(vectors):
-            dead = (self.code_counts < self.config.dead_threshold if self.config.reestimate_dead_only
-                    else torch.ones(self.codebook_size, dtype=torch.bool, device=vectors.device))
-            replaced = int(dead.sum())
+            counts = self.code_counts.float()
+            replace = (counts < max(self.config.reseed_below * counts.mean(), 1.0) if underused_only
+                       else torch.ones(self.codebook_size, dtype=torch.bool, device=vectors.device))
+            replaced = int(replace.sum())
             if replaced and (_world() == 1 or dist.get_rank() == 0):
                 codebook = self.codebook.detach().clone()
-                codebook[dead] = kmeans_plus_plus(vectors, replaced, fixed=codebook[~dead])
-                self.codebook.data.copy_(kmeans(vectors, codebook, self.config.kmeans_iters, frozen=~dead)[0])
+                codebook[replace] = kmeans_plus_plus(vectors, replaced, fixed=codebook[~replace])
+                self.codebook.data.copy_(kmeans(vectors, codebook, self.config.kmeans_iters, frozen=~replace)[0])
             if replaced and _world() > 1:
                 dist.broadcast(self.codebook.data, src=0)
             if replaced and self.config.update == "ema":
-                self.ema_count.fill_(1.0)
-                self.ema_sum.copy_(self.codebook)
+                self.ema_count[replace] = 1.0
+                self.ema_sum[replace] = self.codebook[replace]
         self.reset_reservoir()
         self.code_counts.zero_()
         return replaced
 
     def on_step_start(self, step: int) -> bool:
         """Run the schedule before training step ``step`` (0-based): the warm-up bypass, and at
-        every ``reestimate_every``-th step from the end of the warm-up (up to ``reestimate_until``)
-        a re-estimation. The reservoir is emptied on the same beat, also during the warm-up, so it
-        holds the inputs of the last period. Returns True when codes were replaced (a caller may
-        then reset optimiser moments that belong to the old codes)."""
+        every ``reestimate_every``-th step from the end of the warm-up a re-estimation of all codes
+        (up to ``reestimate_until``), then of the underused ones (up to ``reseed_until``). The
+        reservoir is emptied on the same beat, also during the warm-up, so it holds the inputs of
+        the last period. Returns True when codes were replaced (a caller may then reset optimiser
+        moments that belong to the old codes)."""
         config = self.config
         self.bypass = step < config.bypass_steps
         if config.reestimate_every <= 0 or config.reservoir_size <= 0:
             return False
         open_ended = config.reestimate_until <= 0
-        self.collect = open_ended or step < config.reestimate_until
+        last = max(config.reestimate_until, config.reseed_until)
+        self.collect = open_ended or step < last
         if (step - config.bypass_steps) % config.reestimate_every:
             return False
-        if step >= config.bypass_steps and (open_ended or step <= config.reestimate_until):
-            return self.reestimate() > 0
+        if step >= config.bypass_steps and (open_ended or step <= last):
+            underused_only = not open_ended and step > config.reestimate_until
+            return self.reestimate(underused_only) > 0
         self.reset_reservoir()
         return False
 
