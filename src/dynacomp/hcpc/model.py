@@ -164,8 +164,10 @@ class HCPC(nn.Module):
             self.segment_encoder = nn.Sequential(nn.Linear(c.dim, c.dim), nn.ReLU(), nn.Linear(c.dim, c.dim))
             self.segment_context = nn.LSTM(c.dim, c.dim, 1, batch_first=True)
             self.segment_predictor = nn.Linear(c.dim, c.segment_predict_steps * c.dim)
+            # Re-estimated for the whole run, as the official code does (every epoch after the bypass).
             self.vq = VectorQuantizer(c.dim, c.codebook_size, batch_norm=True, codebook_lr_mult=c.codebook_lr_mult,
-                                      bypass_steps=c.vq_bypass_steps, reestimate_every=c.vq_reestimate_every)
+                                      bypass_steps=c.vq_bypass_steps, reestimate_every=c.vq_reestimate_every,
+                                      reestimate_until=0)
             self.baseline = EMABaseline(c.baseline_decay)
 
     def set_step(self, step: int) -> None:
