@@ -15,7 +15,8 @@ re-running the same command continues):
 Then scores, on the test voices, the segmentation (20 ms, strict and lenient) of periodic boundaries
 at the mean training phone duration, of CPC dissimilarity peaks (prominence chosen on validation)
 and of each hierarchical model; ABX within/across speaker and a linear phone probe of the low
-(``c``) and high (``h``) features. Writes RESULTS/hcpc.md, hcpc.json and hcpc_boundaries.png.
+(``c``) and high (``h``) features. Writes RESULTS/hcpc_compare.{md,json} and hcpc_boundaries.png
+(docs/results/hcpc.md discusses them).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=0, help="training steps per run (0: from --minutes)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--runs", type=Path, default=Path("runs/hcpc_compare"), help="run folders")
-    p.add_argument("--results", type=Path, default=Path("docs/results"), help="where hcpc.md and friends go")
+    p.add_argument("--results", type=Path, default=Path("docs/results"), help="where hcpc_compare.md and friends go")
     p.add_argument("--dim", type=int, default=128, help="model width (paper: 256)")
     p.add_argument("--negatives", type=int, default=32, help="negatives per frame (paper: 128)")
     p.add_argument("--batch-size", type=int, default=8)
@@ -177,10 +178,10 @@ def main() -> None:
         plot = plot_segmentation(read_audio(utt).numpy(), utt.sample_rate, [f * seconds for f in segmentation.boundaries],
                                  args.results / "hcpc_boundaries.png", [f * seconds for f in boundaries_in_frames(utt)],
                                  f"{utt.id}, {LABELS[hierarchical[0]]}")
-    write_json(args.results / "hcpc.json", {"command": sys.argv, "steps": steps, "mean_phone_frames": mean_frames,
-                                            "results": results})
-    write_text(args.results / "hcpc.md", report(args, steps, results, mean_frames, plot))
-    print(args.results / "hcpc.md")
+    write_json(args.results / "hcpc_compare.json",
+               {"command": sys.argv, "steps": steps, "mean_phone_frames": mean_frames, "results": results})
+    write_text(args.results / "hcpc_compare.md", report(args, steps, results, mean_frames, plot))
+    print(args.results / "hcpc_compare.md")
 
 
 if __name__ == "__main__":

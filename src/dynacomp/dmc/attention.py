@@ -39,19 +39,35 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos.unsqueeze(1) + rotate_half(x) * sin.unsqueeze(1)
 
 
+def _block_bias(key_bias: Tensor, start: int, end: int) -> Tensor:
+    """(B, H, 1, C, end): key i's bias for queries start..end-1 after it, 0 on the diagonal, -inf after."""
+    q_pos = torch.arange(start, end, device=key_bias.device)[:, None]
+    k_pos = torch.arange(end, device=key_bias.device)[None, :]
+    bias = key_bias[:, :, None, None, :end]
+    return torch.where(k_pos < q_pos, bias, torch.where(k_pos == q_pos, 0.0, -math.inf))
+
+
 def _block_attention(q: Tensor, k: Tensor, v: Tensor, key_bias: Tensor, start: int, scale: float):
     """Queries start..start+C of a chunk against keys 0..start+C-1. q: (B, H, G, C, D)."""
     end = start + q.shape[-2]
     scores = torch.einsum("bhgqd,bhkd->bhgqk", q, k[:, :, :end]).float() * scale  # softmax in fp32
-    q_pos = torch.arange(start, end, device=q.device)[:, None]
-    k_pos = torch.arange(end, device=q.device)[None, :]
-    bias = key_bias[:, :, None, None, :end]
-    bias = torch.where(k_pos < q_pos, bias, torch.where(k_pos == q_pos, 0.0, -math.inf))
-    scores = scores + bias
+    scores = scores + _block_bias(key_bias, start, end)
     lse = torch.logsumexp(scores, dim=-1)
     probs = torch.exp(scores - lse.unsqueeze(-1)).to(v.dtype)
     out = torch.einsum("bhgqk,bhkd->bhgqd", probs, v[:, :, :end]).float()
     return out, lse
+
+
+def _block_attention_fused(q: Tensor, k: Tensor, v: Tensor, key_bias: Tensor, start: int, scale: float):
+    """The same in PyTorch's fused CPU flash kernel (no gradient), which also gives the
+    log-sum-exp: the G query heads of a KV head become one query sequence of G x C rows."""
+    b, h, g, c, d = q.shape
+    end = start + c
+    mask = _block_bias(key_bias, start, end).expand(b, h, g, c, end).reshape(b * h, 1, g * c, end)
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        q.reshape(b * h, 1, g * c, d), k[:, :, :end].reshape(b * h, 1, end, d),
+        v[:, :, :end].reshape(b * h, 1, end, d), attn_mask=mask.to(q.dtype), scale=scale)[:2]
+    return out.view(b, h, g, c, d).float(), lse.view(b, h, g, c).float()
 
 
 def masked_attention(q: Tensor, k: Tensor, v: Tensor, key_bias: Tensor | None, scale: float, chunk: int):
@@ -66,9 +82,12 @@ def masked_attention(q: Tensor, k: Tensor, v: Tensor, key_bias: Tensor | None, s
     if length == 1:  # decoding: the lone query sees only its own state
         return v.float().unsqueeze(2).expand_as(q), torch.einsum("bhgqd,bhqd->bhgq", q, k).float() * scale
     outs, lses = [], []
+    fused = not torch.is_grad_enabled() and q.device.type == "cpu"
     for start in range(0, length, chunk):
         block = q[..., start:start + chunk, :]
-        if torch.is_grad_enabled() and length > chunk:
+        if fused:
+            out, lse = _block_attention_fused(block, k, v, key_bias, start, scale)
+        elif torch.is_grad_enabled() and length > chunk:
             out, lse = checkpoint(_block_attention, block, k, v, key_bias, start, scale, use_reentrant=False)
         else:
             out, lse = _block_attention(block, k, v, key_bias, start, scale)
