@@ -130,3 +130,24 @@ def test_training_steps_reduce_the_losses(mode):
         history.append(metrics["low_loss"] + metrics["prior"])
     assert np.mean(history[-5:]) < np.mean(history[:5])
     assert "policy_loss" in metrics if mode == "reinforce" else "policy_loss" not in metrics
+
+
+def test_boundaries_start_at_the_length_prior_rate():
+    config = HCPCConfig(**TINY, mean_segment_frames=5.0)
+    bias = HCPC(config).boundary.net[-1].bias
+    assert torch.sigmoid(bias / config.temperature_start).item() == pytest.approx(1 / 5)
+
+
+def test_low_level_trains_alone_before_the_joint_schedules_start():
+    torch.manual_seed(0)
+    model = HCPC(HCPCConfig(**TINY, low_level_steps=3, temperature_decay=0.5))
+    audio = torch.randn(2, 160 * 32)
+    model.set_step(2)
+    loss, metrics = model(audio)
+    loss.backward()
+    assert "high_loss" not in metrics and all(p.grad is None for p in model.boundary.parameters())
+    model.set_step(3)
+    _, metrics = model(audio)
+    assert "high_loss" in metrics and model.temperature == model.config.temperature_start
+    model.set_step(4)
+    assert model.temperature == model.config.temperature_start * 0.5

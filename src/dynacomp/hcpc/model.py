@@ -25,6 +25,7 @@ the left only, making ``c`` strictly causal (official padding looks a few ms ahe
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -71,6 +72,8 @@ class HCPCConfig:
     segment_predict_steps: int = field(2, help="segments predicted ahead by the high level (paper: 2)")
     codebook_size: int = field(512, help="codes of the high-level target quantiser (paper: 512)")
     codebook_lr_mult: float = field(10.0, help="learning-rate multiplier of the codebook (paper: 10)")
+    low_level_steps: int = field(0, help="steps that train the low level alone before the boundaries and the "
+                                 "high level join; their schedules start then (0: all from step 0, as the paper)")
     vq_bypass_steps: int = field(300, help="steps before targets are quantised (paper: 3 epochs)")
     vq_reestimate_every: int = field(300, help="steps between k-means re-estimations of the codebook "
                                      "(paper: every epoch)")
@@ -81,6 +84,8 @@ class HCPCConfig:
                              f"predict_steps={self.predict_steps}")
         if self.boundary_training not in ("reinforce", "straight_through"):
             raise ValueError(f"boundary_training is 'reinforce' or 'straight_through', not {self.boundary_training!r}")
+        if self.mean_segment_frames <= 1:
+            raise ValueError(f"mean_segment_frames must exceed 1 frame, not {self.mean_segment_frames}")
 
 
 class ChannelNorm(nn.Module):
@@ -115,10 +120,14 @@ class BoundaryPredictor(nn.Module):
     """Frames ``(B, T, D)`` -> logits ``(B, T)`` that frame ``t`` closes a segment; two
     non-causal convolutions (kernel 5) see four frames on each side."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, initial_logit: float = 0.0) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Conv1d(dim, dim, 5, padding=2), nn.ReLU(), nn.Conv1d(dim, dim, 5, padding=2),
                                  nn.ReLU(), nn.Conv1d(dim, 1, 1))
+        # The model starts it at the prior's boundary rate: at even odds the length prior's gradient
+        # is ~10^4 times the CPC loss's and, through Adam's second moments, stalls the encoder for
+        # thousands of steps.
+        nn.init.constant_(self.net[-1].bias, initial_logit)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z.transpose(1, 2))[:, 0]
@@ -159,8 +168,10 @@ class HCPC(nn.Module):
         heads = c.aligned_predictions if c.aligned else c.predict_steps
         self.predictor = nn.Linear(c.dim, heads * c.dim)
         self.temperature, self.entropy_weight = c.temperature_start, c.entropy_start
+        self.joint = c.low_level_steps <= 0       # the high level trains (set_step moves it on)
         if c.hierarchical:
-            self.boundary = BoundaryPredictor(c.dim)
+            rate = 1 / c.mean_segment_frames
+            self.boundary = BoundaryPredictor(c.dim, initial_logit=c.temperature_start * math.log(rate / (1 - rate)))
             self.segment_encoder = nn.Sequential(nn.Linear(c.dim, c.dim), nn.ReLU(), nn.Linear(c.dim, c.dim))
             self.segment_context = nn.LSTM(c.dim, c.dim, 1, batch_first=True)
             self.segment_predictor = nn.Linear(c.dim, c.segment_predict_steps * c.dim)
@@ -171,8 +182,11 @@ class HCPC(nn.Module):
             self.baseline = EMABaseline(c.baseline_decay)
 
     def set_step(self, step: int) -> None:
-        """The schedules at training step ``step``: decision temperature, entropy weight."""
+        """The schedules at training step ``step``: low level alone or joint training, then (counted
+        from the start of joint training) decision temperature and entropy weight."""
         c = self.config
+        self.joint = step >= c.low_level_steps
+        step = max(step - c.low_level_steps, 0)
         self.temperature = max(c.temperature_start * c.temperature_decay ** step, c.temperature_min)
         fraction = min(step / c.entropy_decay_steps, 1.0) if c.entropy_decay_steps > 0 else 1.0
         self.entropy_weight = c.entropy_start + (c.entropy_min - c.entropy_start) * fraction
@@ -201,7 +215,7 @@ class HCPC(nn.Module):
         z, c = self.low_level(audio)
         low, accuracy = self.low_loss(z, c)
         metrics = {"low_loss": low.item(), "low_accuracy": accuracy.item()}
-        if not self.config.hierarchical:
+        if not (self.config.hierarchical and self.joint):
             return low, metrics
         cfg = self.config
         logits = self.boundary(z)                                                   # (B, T)

@@ -46,6 +46,8 @@ class HCPCTask:
         seed_everything(seed)   # the same initial weights on every rank
         self.model = HCPC(config)
         self.run, self.seed = run, seed
+        # DDP: while the low level trains alone, the boundary predictor and the high level get no gradient
+        self.find_unused_parameters = config.hierarchical and config.low_level_steps > 0
         self.audio = [a for a in audio if len(a) >= run.window]
         if not self.audio:
             raise ValueError(f"no training utterance is as long as the window ({run.window} samples): "
@@ -70,7 +72,8 @@ class HCPCTask:
 
     def on_step_start(self, step: int, model: HCPC, trainer: Trainer) -> None:
         model.set_step(step)
-        if model.config.hierarchical and model.vq.on_step_start(step):
+        joint_step = step - model.config.low_level_steps
+        if model.config.hierarchical and joint_step >= 0 and model.vq.on_step_start(joint_step):
             trainer.optimizer.state.pop(model.vq.codebook, None)   # Adam's moments belong to the old codes
 
     def param_groups(self, model: HCPC) -> list[dict[str, Any]]:
