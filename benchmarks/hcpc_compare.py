@@ -118,6 +118,7 @@ def segmentation_rows(results: dict) -> list[tuple[str, dict]]:
     for method in ("pg", "st"):
         if method in results:
             rows.append((LABELS[method], results[method]["segmentation"]["model"]))
+            rows.append((f"{LABELS[method]}, peaks of its boundary logits", results[method]["segmentation"]["model_peaks"]))
     return rows
 
 
@@ -145,11 +146,10 @@ def report(args: argparse.Namespace, steps: int, results: dict, mean_frames: flo
                              f"{fmt(r['probe'][level]['accuracy'])} |")
     rows = dict(segmentation_rows(results))
     baselines = [v for k, v in rows.items() if not k.startswith("hCPC")]
-    for method in ("pg", "st"):
-        if method in results and baselines:
-            mine = results[method]["segmentation"]["model"]
+    for name, mine in rows.items():
+        if name.startswith("hCPC") and baselines:
             verdict = {m: all(mine[m]["r_value"] > b[m]["r_value"] for b in baselines) for m in ("strict", "lenient")}
-            lines += ["", f"{LABELS[method]} beats both baselines on R-value: strict {verdict['strict']}, "
+            lines += ["", f"{name} beats both baselines on R-value: strict {verdict['strict']}, "
                           f"lenient {verdict['lenient']}."]
     if plot:
         lines += ["", f"![boundaries]({plot.name})"]

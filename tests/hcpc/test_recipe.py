@@ -45,7 +45,7 @@ def test_train_resume_evaluate_segment(speech, tmp_path):
     loaded = load_run(out)
     assert loaded.config == TINY and loaded.checkpoint.name == "step_000003"
     result = evaluate(loaded.model, speech, EvalConfig(probe_steps=5, probe_utterances=2))
-    assert set(result["segmentation"]) == {"periodic", "peaks", "model"}
+    assert set(result["segmentation"]) == {"periodic", "peaks", "model", "model_peaks"}
     assert set(result["segmentation"]["model"]["strict"]) >= {"precision", "recall", "f1", "r_value"}
     assert set(result["abx"]) == {"low", "high"} and set(result["probe"]) == {"low", "high"}
     assert result["segmentation"]["periodic"]["period_frames"] == pytest.approx(8.0)

@@ -141,6 +141,7 @@ class Segmentation:
     c: torch.Tensor            # (T, D) low-level contexts
     closes: torch.Tensor       # (T,) 1 where a segment closes (the last frame always does); zeros without a high level
     high: torch.Tensor | None  # (T, D) the high-level context of each frame's segment (None without a high level)
+    logits: torch.Tensor | None = None   # (T,) boundary logits behind ``closes`` (None without a high level)
 
     @property
     def boundaries(self) -> list[int]:
@@ -263,4 +264,4 @@ class HCPC(nn.Module):
                                                     self.config.min_segment_frames)).to(z)
         u, h = self.high_level(mean_pool(z, closes[None]))
         segment_of_frame = (torch.cumsum(closes, 0) - closes).long()
-        return Segmentation(z[0], c[0], closes, h[0, segment_of_frame])
+        return Segmentation(z[0], c[0], closes, h[0, segment_of_frame], logits)
