@@ -40,6 +40,7 @@ from dynacomp.hcpc.model import FRAME, HCPCConfig
 from dynacomp.hcpc.plot import plot_segmentation
 from dynacomp.hcpc.recipe import HCPCTask, RunConfig, load_run, load_split_audio, train_run
 from dynacomp.io import write_json, write_text
+from dynacomp.metrics.segmentation import peak_boundaries
 from dynacomp.train import TrainConfig, train
 
 METHODS = {
@@ -176,12 +177,15 @@ def main() -> None:
     plot = None
     hierarchical = [m for m in ("pg", "st") if m in results]
     if hierarchical:
-        utt = load_dataset(args.data, "test")[0]
-        segmentation = load_run(args.runs / hierarchical[0]).model.segment(read_audio(utt))
+        utt, method = load_dataset(args.data, "test")[0], hierarchical[0]
+        segmentation = load_run(args.runs / method).model.segment(read_audio(utt))
+        # the argmax decisions may be empty; the peaks of the logits are what the table scores too
+        prominence = results[method]["segmentation"]["model_peaks"]["lenient"]["prominence"]
+        predicted = peak_boundaries(segmentation.logits[:-1].numpy(), prominence)
         seconds = FRAME / utt.sample_rate
-        plot = plot_segmentation(read_audio(utt).numpy(), utt.sample_rate, [f * seconds for f in segmentation.boundaries],
+        plot = plot_segmentation(read_audio(utt).numpy(), utt.sample_rate, [f * seconds for f in predicted],
                                  args.results / "hcpc_boundaries.png", [f * seconds for f in boundaries_in_frames(utt)],
-                                 f"{utt.id}, {LABELS[hierarchical[0]]}")
+                                 f"{utt.id}, {LABELS[method]}, peaks of its boundary logits")
     write_json(args.results / "hcpc_compare.json",
                {"command": sys.argv, "steps": steps, "mean_phone_frames": mean_frames, "results": results})
     write_text(args.results / "hcpc_compare.md", report(args, steps, results, mean_frames, plot))
