@@ -125,8 +125,8 @@ class BoundaryPredictor(nn.Module):
         self.net = nn.Sequential(nn.Conv1d(dim, dim, 5, padding=2), nn.ReLU(), nn.Conv1d(dim, dim, 5, padding=2),
                                  nn.ReLU(), nn.Conv1d(dim, 1, 1))
         # The model starts it at the prior's boundary rate: at even odds the length prior's gradient
-        # is ~10^4 times the CPC loss's and, through Adam's second moments, stalls the encoder for
-        # thousands of steps.
+        # into the encoder is ~5x10^4 times the CPC loss's and, through Adam's second moments,
+        # stalls the encoder for thousands of steps.
         nn.init.constant_(self.net[-1].bias, initial_logit)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
