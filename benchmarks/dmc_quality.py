@@ -66,6 +66,8 @@ def main() -> None:
     parser.add_argument("--dmc-checkpoints", nargs="*", default=[], help="retrofitted DMC checkpoints to add")
     parser.add_argument("--crs", nargs="*", type=float, default=[2, 3, 4, 8],
                         help="ratios for the peers, besides each --dmc-checkpoints realised one")
+    parser.add_argument("--peers", nargs="*", default=[*QUANTISED, *EVICTION], choices=[*QUANTISED, *EVICTION],
+                        help="methods compared besides vanilla and the trained checkpoints")
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--max-tokens", type=int, default=None, help="score only the first N test tokens")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -102,13 +104,15 @@ def main() -> None:
         trained_keys.append({**passkey(dmc, tokenizer, "dmc", 1, args.passkey_lengths, args.trials, 0, pk_options),
                              "model": checkpoint})
     crs = sorted({*args.crs, *(round(r["ratio"], 2) for r in trained)})
-    rows = [ppl(model, method, 1, args.model) for method in ("vanilla", *QUANTISED)]
+    quantised = [m for m in QUANTISED if m in args.peers]
+    eviction = [m for m in EVICTION if m in args.peers]
+    rows = [ppl(model, method, 1, args.model) for method in ("vanilla", *quantised)]
     # dmc_forced at CR 1 shows what stripping the decision channel alone costs a model never retrofitted
-    rows += [ppl(model, method, cr, args.model) for method in EVICTION
+    rows += [ppl(model, method, cr, args.model) for method in eviction
              for cr in ([1, *crs] if method == "dmc_forced" else crs)]
     rows += trained
     keys = [passkey(model, tokenizer, method, args.passkey_cr, args.passkey_lengths, args.trials, 0, pk_options)
-            for method in ("vanilla", *QUANTISED, *EVICTION)] + trained_keys
+            for method in ("vanilla", *quantised, *eviction)] + trained_keys
 
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     header = {"command": command, "machine": machine(args.device), "date": datetime.date.today().isoformat(),
