@@ -38,7 +38,8 @@ def main() -> None:
     parser.add_argument("--kv-budget-gb", type=float, default=0.0,
                         help="also find each method's largest batch within this KV budget, at the shortest context "
                              "(the prefill of a large batch at the longest one would dominate the run)")
-    parser.add_argument("--out", type=Path, default=Path("docs/results/dmc_benchmarks.md"))
+    parser.add_argument("--out", type=Path, default=Path("docs/results/dmc_throughput.md"),
+                        help="generated table (docs/results/dmc_benchmarks.md is the hand-written page)")
     args = parser.parse_args()
 
     rows, budgets = [], []
