@@ -1,7 +1,7 @@
 """DMC decode throughput against transformers' generate and dynacomp's dense loop.
 
     python benchmarks/dmc_throughput.py --batch 16 --contexts 1024 2048 4096 --crs 1 2 4 8 \
-        --out docs/results/dmc_benchmarks.md
+        --out docs/results/dmc_throughput.md
 
 Every (context, method, ratio) runs in its own worker process, one after the other in this run;
 the table reports medians of the timed decode steps and ratios between rows of the same context.
