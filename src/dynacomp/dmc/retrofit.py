@@ -370,12 +370,18 @@ def calibrate_threshold(model: nn.Module, tokens: Tensor, target_cr: float, cont
         return seen * slots.numel() / float(slots.sum())
 
     low, high = -bound, bound
-    if ratio_at(low) < target_cr:
+    low_ratio = ratio_at(low)
+    if low_ratio < target_cr:
         raise ValueError(f"even at threshold {low} the model realises less than ratio {target_cr}")
     for _ in range(steps):
         middle = (low + high) / 2
-        low, high = (middle, high) if ratio_at(middle) >= target_cr else (low, middle)
-    return low, ratio_at(low)
+        ratio = ratio_at(middle)
+        if ratio >= target_cr:
+            low, low_ratio = middle, ratio
+        else:
+            high = middle
+    convert(model, replace(model.dmc_config, decision_threshold=low))   # the last one tried may be ``high``
+    return low, low_ratio
 
 
 def plot_cr_heatmap(per_layer_head: list[list[float]], path: Path, title: str) -> None:
