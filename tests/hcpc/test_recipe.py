@@ -11,6 +11,8 @@ from dynacomp.data.speech import write_segments
 from dynacomp.hcpc.eval import EvalConfig, evaluate
 from dynacomp.hcpc.model import HCPCConfig
 from dynacomp.hcpc.recipe import RunConfig, load_run, train_run
+from dynacomp.hcpc.segment import read_any_audio
+from dynacomp.metrics.segmentation import peak_boundaries
 from dynacomp.train import TrainConfig
 
 TINY = HCPCConfig(dim=16, negatives=4, codebook_size=8, vq_bypass_steps=1, vq_reestimate_every=1, predict_steps=3)
@@ -56,3 +58,11 @@ def test_train_resume_evaluate_segment(speech, tmp_path):
     written = json.loads(boundaries.read_text())
     assert len(written) == 4 and all(r["num_frames"] == 80 for r in written.values())
     assert (tmp_path / "seg.png").stat().st_size > 0
+
+    # The logit-peak readout: every local maximum at prominence 0, as peak_boundaries finds them.
+    assert main(["hcpc", "segment", "--run", str(out), "--audio", str(speech / "test"), "--out", str(boundaries),
+                 "--prominence", "0"]) == 0
+    peaks = json.loads(boundaries.read_text())
+    name = sorted(peaks)[0]
+    logits = loaded.model.segment(read_any_audio(speech / "test" / name)).logits[:-1].numpy()
+    assert peaks[name]["frames"] == peak_boundaries(logits, 0.0) and peaks[name]["frames"]

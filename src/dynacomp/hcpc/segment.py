@@ -14,6 +14,7 @@ from dynacomp.console import progress
 from dynacomp.data.speech import SAMPLE_RATE
 from dynacomp.hcpc.model import FRAME, HCPC
 from dynacomp.io import write_json
+from dynacomp.metrics.segmentation import peak_boundaries
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
@@ -28,10 +29,14 @@ def read_any_audio(path: Path) -> torch.Tensor:
     return torch.from_numpy(audio)
 
 
-def segment_folder(model: HCPC, folder: Path, out: Path) -> dict[str, Any]:
+def segment_folder(model: HCPC, folder: Path, out: Path, prominence: float | None = None) -> dict[str, Any]:
     """Segment every audio file under ``folder`` (recursively); write ``out`` (JSON):
     ``{relative path: {"frames": [...], "seconds": [...], "num_frames": T}}``, boundaries being
-    the frames that start a new segment (10 ms each)."""
+    the frames that start a new segment (10 ms each).
+
+    Boundaries are the predictor's decisions, or with ``prominence`` the peaks of its logits (the
+    readout ``hcpc eval`` scores as ``model_peaks`` and whose prominence it reports): a policy
+    that is not yet decisive ranks frames well before any of them crosses the threshold."""
     if not model.config.hierarchical:
         raise ValueError("this run has no boundary predictor (trained with --no-hierarchical)")
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
@@ -40,7 +45,8 @@ def segment_folder(model: HCPC, folder: Path, out: Path) -> dict[str, Any]:
     result = {}
     for path in progress(files, desc="segment"):
         segmentation = model.segment(read_any_audio(path))
-        frames = segmentation.boundaries
+        frames = (segmentation.boundaries if prominence is None
+                  else peak_boundaries(segmentation.logits[:-1].numpy(), prominence))
         result[str(path.relative_to(folder))] = {"frames": frames, "seconds": [f * FRAME / SAMPLE_RATE for f in frames],
                                                  "num_frames": len(segmentation.z)}
     write_json(out, result)
