@@ -13,7 +13,8 @@ Phases, each resumable (re-running the same command continues where it stopped):
    in this one process, interleaved over --rounds rounds (median);
 5. generation speed, cached and uncached, against vanilla.
 
-Writes RESULTS/dtp.md, RESULTS/dtp.json, RESULTS/dtp_curves.png and RESULTS/dtp_boundaries.png.
+Writes RESULTS/dtp_compare.md and .json, RESULTS/dtp_curves.png and RESULTS/dtp_boundaries_<method>.png
+(docs/results/dtp.md is the hand-written page that reads them).
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--extra", nargs="*", default=["hebrew:unigram"], help="more runs as DATA:METHOD")
     p.add_argument("--runs", type=Path, default=Path("runs/dtp_compare"), help="run folders")
-    p.add_argument("--results", type=Path, default=Path("docs/results"), help="where dtp.md and friends go")
+    p.add_argument("--results", type=Path, default=Path("docs/results"), help="where dtp_compare.md and friends go")
     p.add_argument("--layers", type=int, nargs=3, default=[2, 8, 2], metavar=("PRE", "MID", "POST"))
     p.add_argument("--d-model", type=int, default=128)
     p.add_argument("--n-heads", type=int, default=4)
@@ -254,11 +255,11 @@ def report(args, rows, planned, command, host, started) -> None:
         "", "![training curves](dtp_curves.png)", "",
         *[f"![{r['method']} boundaries](dtp_boundaries_{r['method']}.png)" for r in rows
           if r["data"] == args.data and r["method"] != "vanilla"], ""]
-    write_text(args.results / "dtp.md", "\n".join(lines))
-    write_json(args.results / "dtp.json", {"command": command, "machine": host, "date": started.isoformat(),
+    write_text(args.results / "dtp_compare.md", "\n".join(lines))
+    write_json(args.results / "dtp_compare.json", {"command": command, "machine": host, "date": started.isoformat(),
                                            **planned, "args": {k: str(v) for k, v in vars(args).items()},
                                            "runs": rows})
-    print(args.results / "dtp.md")
+    print(args.results / "dtp_compare.md")
 
 
 def targets(rows: list[dict], vanilla: dict[str, float]) -> list[str]:
