@@ -137,8 +137,8 @@ Model `{args.model}` ({args.dtype}); every token is decoded through the compress
 prefix; vanilla and DMC, whose prefill is exact, in blocks. Memory ratio: tokens per cache slot
 (eviction, DMC), or 16-bit dense bytes over stored bytes with scales, zero points and the
 full-precision residual window counted in 16 bits (int8, int4).
-`dmc_forced` is DMC with a fixed merge pattern on a model that was not retrofitted: its row at
-CR 1 (no merging) shows the cost of giving up the repurposed decision channel alone.
+`dmc_forced` is DMC with a fixed merge pattern instead of learned decisions, on the same weights: its
+row at CR 1 (no merging) shows the cost of giving up the repurposed decision channel alone.
 
 kvpress (PyPI, NVIDIA's press library) is not in the table: its releases 0.5.3 to 0.5.5 require
 `transformers<5.3` and dynacomp pins 5.24.0; 0.5.2 declares no upper bound, but its forward hook
