@@ -257,8 +257,8 @@ def report(args, rows, planned, command, host, started) -> None:
           if r["data"] == args.data and r["method"] != "vanilla"], ""]
     write_text(args.results / "dtp_compare.md", "\n".join(lines))
     write_json(args.results / "dtp_compare.json", {"command": command, "machine": host, "date": started.isoformat(),
-                                           **planned, "args": {k: str(v) for k, v in vars(args).items()},
-                                           "runs": rows})
+                                                   **planned, "args": {k: str(v) for k, v in vars(args).items()},
+                                                   "runs": rows})
     print(args.results / "dtp_compare.md")
 
 
