@@ -40,7 +40,6 @@ from dynacomp.hcpc.model import FRAME, HCPCConfig
 from dynacomp.hcpc.plot import plot_segmentation
 from dynacomp.hcpc.recipe import HCPCTask, RunConfig, load_run, load_split_audio, train_run
 from dynacomp.io import write_json, write_text
-from dynacomp.metrics.segmentation import peak_boundaries
 from dynacomp.train import TrainConfig, train
 
 METHODS = {
@@ -181,7 +180,7 @@ def main() -> None:
         segmentation = load_run(args.runs / method).model.segment(read_audio(utt))
         # the argmax decisions may be empty; the peaks of the logits are what the table scores too
         prominence = results[method]["segmentation"]["model_peaks"]["lenient"]["prominence"]
-        predicted = peak_boundaries(segmentation.logits[:-1].numpy(), prominence)
+        predicted = segmentation.logit_peaks(prominence)
         seconds = FRAME / utt.sample_rate
         plot = plot_segmentation(read_audio(utt).numpy(), utt.sample_rate, [f * seconds for f in predicted],
                                  args.results / "hcpc_boundaries.png", [f * seconds for f in boundaries_in_frames(utt)],

@@ -88,7 +88,7 @@ def segmentation_scores(model: HCPC, validation: Sequence[Utterance], test: Sequ
         results["model"] = both_modes(test_ref, [s.boundaries for s in test_seg], tolerance)
         # The boundary predictor's own scores read out like the baseline: its peaks (the closing
         # logit of frame t), independent of where the argmax threshold happens to fall.
-        results["model_peaks"] = peaks(lambda s: s.logits[:-1].numpy())
+        results["model_peaks"] = peaks(lambda s: s.closing_scores)
     return results, test_seg
 
 

@@ -35,6 +35,7 @@ from torch import nn
 
 from dynacomp.config import field
 from dynacomp.hcpc.losses import aligned_cpc_loss, cpc_loss, frame_negatives, neighbour_cpc_loss
+from dynacomp.metrics.segmentation import peak_boundaries
 from dynacomp.nn.boundaries import gumbel_sigmoid_boundaries
 from dynacomp.nn.pooling import mean_pool
 from dynacomp.nn.policy import EMABaseline, bernoulli_boundaries, bernoulli_entropy, reinforce_loss, window_rate_loss
@@ -147,6 +148,16 @@ class Segmentation:
     def boundaries(self) -> list[int]:
         """Frames that start a new segment (after the first): ``t + 1`` for each closing ``t < T - 1``."""
         return [t + 1 for t in torch.nonzero(self.closes[:-1]).flatten().tolist()]
+
+    @property
+    def closing_scores(self) -> np.ndarray:
+        """(T - 1,) the logit that frame ``t`` closes a segment, i.e. that frame ``t + 1`` starts one."""
+        return self.logits[:-1].numpy()
+
+    def logit_peaks(self, prominence: float) -> list[int]:
+        """Frames that start a segment at peaks of ``closing_scores``: the predictor read out like
+        a dissimilarity curve, which ranks frames before any of them crosses the threshold."""
+        return peak_boundaries(self.closing_scores, prominence)
 
 
 def enforce_min_width(closes: np.ndarray, min_width: int) -> np.ndarray:

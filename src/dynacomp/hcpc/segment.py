@@ -14,7 +14,6 @@ from dynacomp.console import progress
 from dynacomp.data.speech import SAMPLE_RATE
 from dynacomp.hcpc.model import FRAME, HCPC
 from dynacomp.io import write_json
-from dynacomp.metrics.segmentation import peak_boundaries
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
@@ -45,8 +44,7 @@ def segment_folder(model: HCPC, folder: Path, out: Path, prominence: float | Non
     result = {}
     for path in progress(files, desc="segment"):
         segmentation = model.segment(read_any_audio(path))
-        frames = (segmentation.boundaries if prominence is None
-                  else peak_boundaries(segmentation.logits[:-1].numpy(), prominence))
+        frames = segmentation.boundaries if prominence is None else segmentation.logit_peaks(prominence)
         result[str(path.relative_to(folder))] = {"frames": frames, "seconds": [f * FRAME / SAMPLE_RATE for f in frames],
                                                  "num_frames": len(segmentation.z)}
     write_json(out, result)
