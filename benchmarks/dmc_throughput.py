@@ -1,7 +1,7 @@
 """DMC decode throughput against transformers' generate and dynacomp's dense loop.
 
     python benchmarks/dmc_throughput.py --batch 16 --contexts 1024 2048 4096 --crs 1 2 4 8 \
-        --out docs/results/dmc_throughput.md
+        --kv-budget-gb 0.5 --out docs/results/dmc_throughput.md
 
 Every (context, method, ratio) runs in its own worker process, one after the other in this run;
 the table reports medians of the timed decode steps and ratios between rows of the same context.
@@ -24,6 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from dynacomp.dmc.bench import BenchConfig, run  # noqa: E402
+from dynacomp.dmc.config import DMCConfig  # noqa: E402
 from dynacomp.io import atomic_path, write_json, write_text  # noqa: E402
 
 
@@ -34,7 +35,7 @@ def main() -> None:
     parser.add_argument("--contexts", type=int, nargs="+", default=[1024, 2048, 4096])
     parser.add_argument("--crs", type=float, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--page-size", type=int, default=16)
+    parser.add_argument("--page-size", type=int, default=DMCConfig.page_size)
     parser.add_argument("--kv-budget-gb", type=float, default=0.0,
                         help="also find each method's largest batch within this KV budget, at the shortest context "
                              "(the prefill of a large batch at the longest one would dominate the run)")

@@ -7,7 +7,8 @@ from transformers import AutoModelForCausalLM
 
 from dynacomp.dmc import DMCConfig, convert, load, save, zero_decision_channels
 from dynacomp.dmc.attention import apply_rope
-from dynacomp.dmc.cache import page_attention_bmm, page_attention_fused
+from dynacomp.dmc import native
+from dynacomp.dmc.cache import DMCLayer, page_attention_bmm, page_attention_fused
 
 from .tiny import half_merging_bias, tiny_model
 
@@ -88,6 +89,37 @@ def test_fused_page_attention_matches_the_batched_matmul_one(dtype):
     tolerance = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(fused_lse[valid.any(1)], lse[valid.any(1)], **tolerance)
     torch.testing.assert_close(fused_out[valid.any(1)], out[valid.any(1)], **tolerance)
+
+
+@pytest.mark.parametrize("head_dim", native.HEAD_SIZES)
+def test_native_decode_kernel_matches_the_page_path(head_dim):
+    """Ragged rows (empty, a partial page, several pages out of pool order) read alike by the
+    native kernel and by the split-K PyTorch path."""
+    torch.manual_seed(0)
+    layer = DMCLayer(page_size=8, window=2)
+    layer.lazy_initialization(torch.zeros(2, 3, 1, head_dim))
+    counts = torch.tensor([0, 5, 8, 19, 40, 1])
+    for row in torch.randperm(6).tolist():
+        slots = torch.arange(int(counts[row]))
+        layer.write(torch.full_like(slots, row), slots, torch.randn(len(slots), head_dim), torch.randn(len(slots), head_dim))
+    queries = torch.randn(6, 3, head_dim)
+    assert native.supports(queries, layer.k_pool)
+    kernel = native.paged_decode_attention(queries, layer.k_pool, layer.v_pool, layer.block_table, counts, 0.125)
+    reference, _ = layer.attend(queries, counts, 0.125, with_lse=True)
+    assert torch.equal(kernel[0], torch.zeros(3, head_dim))
+    torch.testing.assert_close(kernel, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_decoding_through_the_native_kernel_equals_the_teacher_forced_pass():
+    model = tiny_model(head_dim=64)
+    ids = torch.randint(0, 97, (2, 40))
+    convert(model, DMCConfig(decision_bias=half_merging_bias(model, ids), window=4, page_size=4))
+    with torch.no_grad():
+        teacher_forced = model(ids, use_cache=False).logits
+    decoded, cache = decode_step_by_step(model, ids, prefix=9)
+    assert native.supports(teacher_forced, cache.layers[0].k_pool)
+    assert (teacher_forced - decoded).abs().max() <= 1e-4
+    assert cache.stats()["compression_ratio"] > 1.5
 
 
 @pytest.mark.parametrize("model_type", ["llama", "qwen2", "qwen3", "mistral"])

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from dynacomp.dmc import native
 from dynacomp.dmc.config import DMCConfig
 
 
@@ -197,10 +198,15 @@ class DMCLayer(CacheLayerMixin):
         Returns out (R, M, D) (0 where nothing is visible) and, if ``with_lse``, the log-sum-exp
         (R, M) (-inf where nothing is visible) for merging with attention over other keys.
 
-        Split-K over pages, as flash-decoding does: every page below the high-water mark yields
-        its own partial softmax (output and log-sum-exp), with K and V read in place; each row
-        then weighs the partials of its pages, found through its block table, by their softmax.
+        Without the log-sum-exp (decoding) and where it applies, one call of the native kernel
+        (``dynacomp.dmc.native``). Otherwise split-K over pages, as flash-decoding does: every page
+        below the high-water mark yields its own partial softmax (output and log-sum-exp), with K
+        and V read in place; each row then weighs the partials of its pages, found through its
+        block table, by their softmax.
         """
+        if not with_lse and native.supports(queries, self.k_pool):
+            return native.paged_decode_attention(queries, self.k_pool, self.v_pool, self.block_table, visible,
+                                                 scale), None
         layout = self._page_layout()
         high = self.pages_high
         padded_visible = torch.cat([visible, visible.new_zeros(1)])      # free pages (owner R) see nothing

@@ -1,0 +1,61 @@
+"""dynacomp's native CPU kernel for DMC decoding (``csrc/paged_decode.cpp``).
+
+One call per layer reads every row's pages through its block table with an online softmax,
+where the PyTorch path (``DMCLayer.attend``) scores each page separately and then combines the
+partial results in a dozen further ops. It is built on first use with PyTorch's C++ extension
+loader (a C++ compiler is needed; about 30 s once, then cached under ``$TORCH_EXTENSIONS_DIR``).
+Where it cannot be built, for dtypes other than float32, head sizes other than 64 and 128, or
+with ``DYNACOMP_NATIVE=0`` in the environment, the PyTorch path is used.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+HEAD_SIZES = (64, 128)
+
+# Vector instructions per PyTorch CPU capability; the capability is part of the extension's name, so
+# a build cached on one machine is not loaded on a machine without those instructions.
+_X86_FLAGS = {"AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma"],
+              "AVX2": ["-mavx2", "-mfma"]}
+
+
+@functools.cache
+def _extension():
+    if os.environ.get("DYNACOMP_NATIVE", "1") == "0":
+        return None
+    from torch.utils.cpp_extension import load
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    flags = ["-O3", "-ffast-math"]
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        flags += _X86_FLAGS.get(capability, [])
+    openmp = ["-fopenmp"] if torch.backends.openmp.is_available() else []   # else at::parallel_for is serial
+    try:
+        return load(name=f"dynacomp_paged_decode_{capability.lower()}",
+                    sources=[str(Path(__file__).with_name("csrc") / "paged_decode.cpp")],
+                    extra_cflags=flags + openmp, extra_ldflags=openmp)
+    except Exception as error:  # no compiler, no OpenMP, ...: decoding still works, more slowly
+        warnings.warn(f"dynacomp's native DMC decode kernel could not be built, using the PyTorch path: {error}")
+        return None
+
+
+def supports(queries: Tensor, pool: Tensor) -> bool:
+    """Whether the native kernel can decode over ``pool`` (N, P, D)."""
+    return (pool.device.type == "cpu" and pool.dtype == torch.float32 and pool.shape[-1] in HEAD_SIZES
+            and _extension() is not None)
+
+
+def paged_decode_attention(queries: Tensor, k_pool: Tensor, v_pool: Tensor, block_table: Tensor,
+                           visible: Tensor, scale: float) -> Tensor:
+    """Softmax attention of each row's queries (R, M, D) over its first ``visible`` (R,) slots,
+    found through ``block_table`` (R, pages) in the pools (N, P, D). Rows with nothing visible get 0."""
+    return _extension().paged_decode_attention(queries.float().contiguous(), k_pool, v_pool,
+                                               block_table, visible.contiguous(), scale)
