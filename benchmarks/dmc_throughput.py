@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--contexts", type=int, nargs="+", default=[1024, 2048, 4096])
     parser.add_argument("--crs", type=float, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--methods", nargs="+", default=list(BenchConfig.methods), choices=list(BenchConfig.methods))
     parser.add_argument("--page-size", type=int, default=DMCConfig.page_size)
     parser.add_argument("--kv-budget-gb", type=float, default=0.0,
                         help="also find each method's largest batch within this KV budget, at the shortest context "
@@ -46,7 +47,7 @@ def main() -> None:
     rows, budgets = [], []
     for context in args.contexts:
         config = BenchConfig(model=args.model, batch=args.batch, context=context, new_tokens=args.new_tokens,
-                             cr=tuple(args.crs), page_size=args.page_size,
+                             cr=tuple(args.crs), methods=tuple(args.methods), page_size=args.page_size,
                              kv_budget_gb=args.kv_budget_gb if context == min(args.contexts) else 0.0)
         result = run(config, progress=lambda r: print(f"{r['context']:>6} {r['method']:<12} cr {r['cr']:.2f}: "
                                                       f"{r['tokens_per_s']:.1f} tok/s", file=sys.stderr))

@@ -204,7 +204,7 @@ class DMCLayer(CacheLayerMixin):
         and V read in place; each row then weighs the partials of its pages, found through its
         block table, by their softmax.
         """
-        if not with_lse and native.supports(queries, self.k_pool):
+        if not with_lse and native.supports(self.k_pool):
             return native.paged_decode_attention(queries, self.k_pool, self.v_pool, self.block_table, visible,
                                                  scale), None
         layout = self._page_layout()

@@ -47,7 +47,7 @@ def _extension():
         return None
 
 
-def supports(queries: Tensor, pool: Tensor) -> bool:
+def supports(pool: Tensor) -> bool:
     """Whether the native kernel can decode over ``pool`` (N, P, D)."""
     return (pool.device.type == "cpu" and pool.dtype == torch.float32 and pool.shape[-1] in HEAD_SIZES
             and _extension() is not None)
