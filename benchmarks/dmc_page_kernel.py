@@ -1,11 +1,13 @@
-"""DMC's page attention kernel against dense SDPA over the same keys: one layer of SmolLM2-135M at
-batch 16 (48 KV-head rows, 3 query heads each, head dim 64), one decoding query per head.
+"""DMC's decode attention over a paged cache against dense SDPA over the same keys: one layer of
+SmolLM2-135M at batch 16 (48 KV-head rows, 3 query heads each, head dim 64), one query per head.
 
     python benchmarks/dmc_page_kernel.py --slots 4096 --page-sizes 64 128 256 --threads 2
 
-Times (medians of --repeats calls, ms) ``page_attention`` of ``dynacomp.dmc.cache`` over
-slots / page_size pages, and ``scaled_dot_product_attention`` over the dense (rows, slots) keys,
-side by side in one process.
+A ``DMCLayer`` is filled with ``--slots`` slots per row, its pages in shuffled pool order (as
+after decoding, when rows allocate pages in turn). Times, medians of ``--repeats`` interleaved
+rounds (ms): ``scaled_dot_product_attention`` over the dense (rows, slots) keys, the layer's
+PyTorch path (``attend_split_k``: per-page flash kernel, then the combination) and its native
+kernel (``attend``), side by side in one process, with the largest difference of their outputs.
 """
 
 from __future__ import annotations
@@ -17,17 +19,21 @@ import time
 import torch
 import torch.nn.functional as F
 
-from dynacomp.dmc.cache import page_attention
+from dynacomp.dmc import native
+from dynacomp.dmc.cache import DMCLayer
 
 
-def median_ms(call, repeats: int) -> float:
-    call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+def filled_layer(keys: torch.Tensor, values: torch.Tensor, page_size: int) -> DMCLayer:
+    """A layer holding keys/values (rows, slots, D), its rows' pages allocated in shuffled order."""
+    rows, slots, dim = keys.shape
+    layer = DMCLayer(page_size, window=1)
+    layer.lazy_initialization(keys.new_zeros(1, rows, 1, dim))
+    for page in torch.randperm(rows * (slots // page_size)).tolist():
+        row, first = divmod(page, slots // page_size)
+        index = torch.arange(first * page_size, (first + 1) * page_size)
+        layer.write(torch.full_like(index, row), index, keys[row, index], values[row, index])
+    layer.slots = torch.full((rows,), slots)
+    return layer
 
 
 def main() -> None:
@@ -41,20 +47,33 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
     scale = args.dim ** -0.5
+    if not native.supports(torch.zeros(1, 1, args.dim)):
+        raise SystemExit("the native kernel is not available here (see dynacomp.dmc.native)")
 
     queries = torch.randn(args.rows, args.queries, args.dim)
     keys, values = torch.randn(2, args.rows, args.slots, args.dim)
-    dense_q = queries[:, None]                                              # (rows, 1, M, D)
-    dense = median_ms(lambda: F.scaled_dot_product_attention(dense_q, keys[:, None], values[:, None], scale=scale),
-                      args.repeats)
-    print(f"dense SDPA: {dense:.2f} ms")
+    calls = {"dense SDPA": lambda: F.scaled_dot_product_attention(queries[:, None], keys[:, None], values[:, None],
+                                                                 scale=scale)[:, 0]}
     for page in args.page_sizes:
-        pages = args.rows * args.slots // page
-        k, v = keys.reshape(pages, page, args.dim), values.reshape(pages, page, args.dim)
-        q = queries.repeat_interleave(args.slots // page, 0)
-        valid = torch.ones(pages, page, dtype=torch.bool)
-        print(f"pages of {page}: {median_ms(lambda: page_attention(q, k, v, valid, scale), args.repeats):.2f} ms")
+        layer = filled_layer(keys, values, page)
+        calls[f"pages of {page}, PyTorch"] = lambda layer=layer: layer.attend_split_k(queries, layer.slots, scale,
+                                                                                   with_lse=False)[0]
+        calls[f"pages of {page}, native"] = lambda layer=layer: layer.attend(queries, layer.slots, scale,
+                                                                          with_lse=False)[0]
+    reference = calls["dense SDPA"]()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(args.repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    print(f"{args.rows} rows x {args.queries} queries, {args.slots} slots, head dim {args.dim}, "
+          f"{args.threads} threads, medians of {args.repeats}")
+    for name, call in calls.items():
+        error = (call() - reference).abs().max().item()
+        print(f"{name:<24} {statistics.median(times[name]) * 1000:7.2f} ms   max |diff| {error:.1e}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,11 @@
 Every (context, method, ratio) runs in its own worker process, one after the other in this run;
 the table reports medians of the timed decode steps and ratios between rows of the same context.
 Writes the markdown table, a JSON file and ``*_throughput.png`` (tokens/s against context).
+Workers run minutes apart, so the machine's drift enters the ratios between rows; ``--paired``
+measures DMC against vanilla in one worker with their steps alternating instead:
+
+    python benchmarks/dmc_throughput.py --contexts 4096 --methods --paired 1 --new-tokens 32 \
+        --out docs/results/dmc_paired_4096.md
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import os
 import platform
 import shlex
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib
@@ -23,7 +29,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from dynacomp.dmc.bench import BenchConfig, run  # noqa: E402
+from dynacomp.dmc.bench import BenchConfig, measure_in_worker, run  # noqa: E402
 from dynacomp.dmc.config import DMCConfig  # noqa: E402
 from dynacomp.io import atomic_path, write_json, write_text  # noqa: E402
 
@@ -35,11 +41,14 @@ def main() -> None:
     parser.add_argument("--contexts", type=int, nargs="+", default=[1024, 2048, 4096])
     parser.add_argument("--crs", type=float, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--methods", nargs="+", default=list(BenchConfig.methods), choices=list(BenchConfig.methods))
+    parser.add_argument("--methods", nargs="*", default=list(BenchConfig.methods), choices=list(BenchConfig.methods))
     parser.add_argument("--page-size", type=int, default=DMCConfig.page_size)
     parser.add_argument("--kv-budget-gb", type=float, default=0.0,
                         help="also find each method's largest batch within this KV budget, at the shortest context "
                              "(the prefill of a large batch at the longest one would dominate the run)")
+    parser.add_argument("--paired", type=float, nargs="*", default=[],
+                        help="DMC ratios also measured against vanilla in one process, steps alternating, "
+                             "at the longest context")
     parser.add_argument("--out", type=Path, default=Path("docs/results/dmc_throughput.md"),
                         help="generated table (docs/results/dmc_benchmarks.md is the hand-written page)")
     args = parser.parse_args()
@@ -53,6 +62,8 @@ def main() -> None:
                                                       f"{r['tokens_per_s']:.1f} tok/s", file=sys.stderr))
         rows += result["rows"]
         budgets += result.get("max_batch", [])
+
+    paired = [measure_in_worker("paired", cr, replace(config, context=max(args.contexts))) for cr in args.paired]
 
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     machine = f"{os.cpu_count()} CPU cores ({platform.machine()}), no GPU"
@@ -72,9 +83,16 @@ def main() -> None:
                   "| method | ratio | max batch | tokens/s |", "|---|---|---|---|"]
         lines += [f"| {b['method']} | {b['cr']:.2f} | {b['max_batch']} | {b.get('tokens_per_s', 0):.1f} |"
                   for b in budgets]
+    if paired:
+        lines += [f"\n## DMC against vanilla in one process, steps alternating (context {max(args.contexts)})\n",
+                  "| ratio | vanilla tokens/s | DMC tokens/s | DMC attention share | DMC × vanilla (median of step pairs) |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {p['dmc']['cr']:.2f} | {p['vanilla']['tokens_per_s']:.1f} | {p['dmc']['tokens_per_s']:.1f} | "
+                  f"{p['dmc']['attention_share']:.0%} | {p['speedup_vs_vanilla']:.2f} |" for p in paired]
     write_text(args.out, "\n".join(lines) + f"\n\n![throughput]({args.out.stem}_throughput.png)\n")
     write_json(args.out.with_suffix(".json"), {"command": command, "machine": machine, "date": date,
-                                               "rows": rows, "max_batch": budgets})
+                                               "rows": rows, "max_batch": budgets,
+                                               "paired": paired})
 
     figure, axis = plt.subplots(figsize=(6, 4))
     series: dict[str, list] = {}

@@ -1,6 +1,6 @@
 import pytest
 
-from dynacomp.dmc.bench import BenchConfig, measure
+from dynacomp.dmc.bench import BenchConfig, measure, measure_paired
 
 
 @pytest.mark.parametrize("method", ["hf_generate", "vanilla", "dmc"])
@@ -8,9 +8,19 @@ def test_measure_reports_throughput_and_memory(method, smollm2):
     config = BenchConfig(batch=2, context=64, new_tokens=3, cr=(4.0,), page_size=4)
     row = measure(method, 4.0, config)
     assert row["steps"] == 3 and row["tokens_per_s"] > 0 and 0 < row["attention_share"] < 1
-    dense = 2 * 30 * 3 * (64 + 3) * 64 * 4 * 2     # batch x layers x KV heads x tokens x dim x fp32 x (K, V)
+    # batch x layers x KV heads x tokens (prompt, one untimed and three timed steps) x dim x fp32 x (K, V)
+    dense = 2 * 30 * 3 * (64 + 1 + 3) * 64 * 4 * 2
     if method == "dmc":
         assert row["cr"] == pytest.approx(4.0, abs=0.3)
         assert row["kv_bytes"] < dense / 3
     else:
         assert row["kv_bytes"] == dense
+
+
+def test_paired_measurement_alternates_dense_and_dmc_steps(smollm2):
+    config = BenchConfig(batch=2, context=64, new_tokens=3, page_size=4)
+    paired = measure_paired(2.0, config)
+    assert paired["vanilla"]["steps"] == paired["dmc"]["steps"] == 3
+    assert paired["dmc"]["cr"] == pytest.approx(2.0, abs=0.2)
+    assert paired["dmc"]["kv_bytes"] < paired["vanilla"]["kv_bytes"]
+    assert paired["speedup_vs_vanilla"] > 0

@@ -11,12 +11,15 @@ Methods, each measured in a fresh worker process (so its peak memory is its own)
 
 Per method: median time per decode step, tokens/s (batch / step time), the share of that time
 spent in attention modules (timed by hooks), KV-cache bytes, and the worker's peak memory.
-``max_batch`` answers the paper's headline question: how many sequences fit a KV budget, and
+``measure_paired`` runs DMC and the dense loop in one process with their steps alternating, for
+comparisons that must not depend on the machine's drift between workers (ratio 1 against
+vanilla). ``max_batch`` answers the paper's headline question: how many sequences fit a KV budget, and
 how fast does each method decode at its own largest batch.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import resource
@@ -86,70 +89,53 @@ def _kv_bytes(cache) -> int:
                if t is not None)
 
 
-@torch.no_grad()
-def decode_loop(model, ids: torch.Tensor, new_tokens: int, cache, timer: _AttentionTimer) -> tuple[list[float], float]:
-    """Greedy decoding: one prefill, one untimed step (it loads the native decode kernel), then
-    ``new_tokens`` timed steps. Returns (step seconds, seconds in attention during the steps)."""
-    logits = model(ids, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
-    logits = model(logits.argmax(-1, keepdim=True), cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
-    timer.seconds = 0.0
-    steps = []
-    for _ in range(new_tokens):
-        token = logits.argmax(-1, keepdim=True)
+class GreedyDecoder:
+    """Greedy decoding of ``ids`` by ``model`` into ``cache``: the prefill and one untimed step (it
+    loads the native decode kernel) on creation, then each ``step()`` times one decode step.
+    ``steps`` holds the step times and ``timer`` the time spent in attention during them."""
+
+    def __init__(self, model, ids: torch.Tensor, cache):
+        self.model, self.cache = model, cache
+        self.timer = _AttentionTimer([layer.self_attn for layer in model.model.layers])
+        self.logits = self._forward(ids)
+        self.logits = self._forward(self.logits.argmax(-1, keepdim=True))
+        self.timer.seconds = 0.0
+        self.steps: list[float] = []
+
+    def _forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model(ids, cache=self.cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+
+    def step(self) -> None:
+        token = self.logits.argmax(-1, keepdim=True)
         start = time.perf_counter()
-        logits = model(token, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
-        steps.append(time.perf_counter() - start)
-    return steps, timer.seconds
+        self.logits = self._forward(token)
+        self.steps.append(time.perf_counter() - start)
 
 
-@torch.no_grad()
-def measure(method: Method, cr: float, config: BenchConfig) -> dict:
-    """One method at one ratio, in this process."""
-    from transformers import StaticCache
-    from transformers.generation.stopping_criteria import StoppingCriteria
-
-    from dynacomp.dmc import convert, is_dmc_checkpoint, load_base
+def _load(config: BenchConfig, cr: float):
+    """(model, tokenizer, DMC config): a retrofitted checkpoint's base weights and own config, or
+    the named model with ``force_cr`` = ``cr``."""
+    from dynacomp.dmc import is_dmc_checkpoint, load_base
     from dynacomp.models import load_causal_lm
 
-    if config.threads:
-        torch.set_num_threads(config.threads)
     if is_dmc_checkpoint(config.model):   # dense methods decode the same retrofitted weights
         model, tokenizer, dmc_config = load_base(config.model)
-        dmc_config = replace(dmc_config, page_size=config.page_size)
-    else:
-        model, tokenizer = load_causal_lm(config.model)
-        dmc_config = DMCConfig(force_cr=cr, page_size=config.page_size)
-    if method == "dmc":
-        convert(model, dmc_config)
-    ids = prompt_ids(tokenizer, config.batch, config.context)
-    timer = _AttentionTimer([layer.self_attn for layer in model.model.layers])
+        return model, tokenizer, replace(dmc_config, page_size=config.page_size)
+    model, tokenizer = load_causal_lm(config.model)
+    return model, tokenizer, DMCConfig(force_cr=cr, page_size=config.page_size)
 
-    if method == "hf_generate":
-        marks: list[float] = []
 
-        class StepClock(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
-                marks.append(time.perf_counter())
-                if len(marks) == 1:
-                    timer.seconds = 0.0
-                return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+def _dense_cache(model, config: BenchConfig):
+    from transformers import StaticCache
 
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=config.new_tokens + 1,
-                             min_new_tokens=config.new_tokens + 1, do_sample=False,
-                             stopping_criteria=[StepClock()], return_dict_in_generate=True,
-                             pad_token_id=tokenizer.pad_token_id)
-        steps = [b - a for a, b in zip(marks, marks[1:])]
-        attention = timer.seconds
-        kv = _kv_bytes(out.past_key_values if hasattr(out, "past_key_values") else out.cache)
-    else:
-        cache = (model.new_cache() if method == "dmc"
-                 else StaticCache(config=model.config, max_cache_len=config.context + config.new_tokens + 1))
-        steps, attention = decode_loop(model, ids, config.new_tokens, cache, timer)
-        kv = _kv_bytes(cache)
+    return StaticCache(config=model.config, max_cache_len=config.context + config.new_tokens + 1)
+
+
+def _row(method: str, realised_cr: float, config: BenchConfig, steps: list[float], attention: float,
+         kv: int) -> dict:
     step = statistics.median(steps)
-    realised = cache.stats()["compression_ratio"] if method == "dmc" else 1.0
     return {
-        "method": method, "cr": realised, "batch": config.batch, "context": config.context,
+        "method": method, "cr": realised_cr, "batch": config.batch, "context": config.context,
         "step_seconds": step, "tokens_per_s": config.batch / step,
         "attention_share": attention / sum(steps), "kv_bytes": kv,
         "kv_bytes_per_sequence": kv / config.batch,
@@ -158,8 +144,73 @@ def measure(method: Method, cr: float, config: BenchConfig) -> dict:
     }
 
 
+@torch.no_grad()
+def measure(method: Method, cr: float, config: BenchConfig) -> dict:
+    """One method at one ratio, in this process."""
+    from transformers.generation.stopping_criteria import StoppingCriteria
+
+    from dynacomp.dmc import convert
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    model, tokenizer, dmc_config = _load(config, cr)
+    if method == "dmc":
+        convert(model, dmc_config)
+    ids = prompt_ids(tokenizer, config.batch, config.context)
+
+    if method == "hf_generate":
+        timer = _AttentionTimer([layer.self_attn for layer in model.model.layers])
+        marks: list[float] = []
+
+        class StepClock(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                marks.append(time.perf_counter())
+                if len(marks) == 2:   # after the prefill and one untimed step, as in GreedyDecoder
+                    timer.seconds = 0.0
+                return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=config.new_tokens + 2,
+                             min_new_tokens=config.new_tokens + 2, do_sample=False,
+                             stopping_criteria=[StepClock()], return_dict_in_generate=True,
+                             pad_token_id=tokenizer.pad_token_id)
+        steps = [b - a for a, b in zip(marks[1:], marks[2:])]
+        kv = _kv_bytes(out.past_key_values if hasattr(out, "past_key_values") else out.cache)
+        return _row(method, 1.0, config, steps, timer.seconds, kv)
+    cache = model.new_cache() if method == "dmc" else _dense_cache(model, config)
+    decoder = GreedyDecoder(model, ids, cache)
+    for _ in range(config.new_tokens):
+        decoder.step()
+    realised = cache.stats()["compression_ratio"] if method == "dmc" else 1.0
+    return _row(method, realised, config, decoder.steps, decoder.timer.seconds, _kv_bytes(cache))
+
+
+@torch.no_grad()
+def measure_paired(cr: float, config: BenchConfig) -> dict:
+    """DMC at ``cr`` and the dense loop in one process, their decode steps alternating, so that the
+    machine's drift falls on both alike. Returns both rows (peak memory is the pair's) and the
+    median over step pairs of DMC's speed relative to the dense loop."""
+    from dynacomp.dmc import convert
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    model, tokenizer, dmc_config = _load(config, cr)
+    dmc_model = convert(copy.deepcopy(model), dmc_config)
+    ids = prompt_ids(tokenizer, config.batch, config.context)
+    dense = GreedyDecoder(model, ids, _dense_cache(model, config))
+    dmc = GreedyDecoder(dmc_model, ids, dmc_model.new_cache())
+    for _ in range(config.new_tokens):
+        dense.step()
+        dmc.step()
+    return {"cr": cr, "context": config.context,
+            "vanilla": _row("vanilla", 1.0, config, dense.steps, dense.timer.seconds, _kv_bytes(dense.cache)),
+            "dmc": _row("dmc", dmc.cache.stats()["compression_ratio"], config, dmc.steps, dmc.timer.seconds,
+                        _kv_bytes(dmc.cache)),
+            "speedup_vs_vanilla": statistics.median(d / m for d, m in zip(dense.steps, dmc.steps))}
+
+
 def measure_in_worker(method: str, cr: float, config: BenchConfig) -> dict:
-    """``measure`` in a fresh Python process; its peak memory is then the method's own."""
+    """``measure`` (``measure_paired`` for method "paired") in a fresh Python process; its peak
+    memory is then the method's own."""
     payload = json.dumps({"method": method, "cr": cr, "config": asdict(config)})
     done = subprocess.run([sys.executable, "-m", "dynacomp.dmc.bench", payload], capture_output=True, text=True)
     if done.returncode != 0:
@@ -206,5 +257,6 @@ def max_batch(config: BenchConfig, rows: list[dict]) -> list[dict]:
 
 if __name__ == "__main__":
     job = json.loads(sys.argv[1])
-    print(json.dumps(measure(job["method"], job["cr"], BenchConfig(**{
-        k: tuple(v) if isinstance(v, list) else v for k, v in job["config"].items()}))))
+    config = BenchConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in job["config"].items()})
+    print(json.dumps(measure_paired(job["cr"], config) if job["method"] == "paired"
+                     else measure(job["method"], job["cr"], config)))

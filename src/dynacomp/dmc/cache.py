@@ -197,16 +197,21 @@ class DMCLayer(CacheLayerMixin):
         queries: (R, M, D), M = query heads per KV head x query tokens; visible: (R,).
         Returns out (R, M, D) (0 where nothing is visible) and, if ``with_lse``, the log-sum-exp
         (R, M) (-inf where nothing is visible) for merging with attention over other keys.
-
-        Without the log-sum-exp (decoding) and where it applies, one call of the native kernel
-        (``dynacomp.dmc.native``). Otherwise split-K over pages, as flash-decoding does: every page
-        below the high-water mark yields its own partial softmax (output and log-sum-exp), with K
-        and V read in place; each row then weighs the partials of its pages, found through its
-        block table, by their softmax.
+        Without the log-sum-exp (decoding), one call of the native kernel where it applies
+        (``dynacomp.dmc.native``), else ``attend_split_k``.
         """
         if not with_lse and native.supports(self.k_pool):
             return native.paged_decode_attention(queries, self.k_pool, self.v_pool, self.block_table, visible,
                                                  scale), None
+        return self.attend_split_k(queries, visible, scale, with_lse)
+
+    def attend_split_k(self, queries: Tensor, visible: Tensor, scale: float,
+                       with_lse: bool = True) -> tuple[Tensor, Tensor | None]:
+        """``attend`` in PyTorch ops, split-K over pages as flash-decoding does: every page below
+        the high-water mark yields its own partial softmax (output and log-sum-exp), with K and V
+        read in place; each row then weighs the partials of its pages, found through its block
+        table, by their softmax.
+        """
         layout = self._page_layout()
         high = self.pages_high
         padded_visible = torch.cat([visible, visible.new_zeros(1)])      # free pages (owner R) see nothing
