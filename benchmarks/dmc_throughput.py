@@ -70,14 +70,17 @@ def main() -> None:
     date = datetime.date.today().isoformat()
     lines = [f"# DMC decode throughput\n\nCommand: `{command}`  \nMachine: {machine}  \nDate: {date}  \n"
              f"Model: {args.model}, batch {args.batch}, {args.new_tokens} timed decode steps (medians), "
-             f"page size {args.page_size}.\n",
-             "| context | method | ratio | tokens/s | s/step | attention share | KV MiB | peak RSS MiB "
-             "| × generate | × vanilla |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['context']} | {r['method']} | {r['cr']:.2f} | {r['tokens_per_s']:.1f} | "
-                     f"{r['step_seconds']:.3f} | {r['attention_share']:.0%} | {r['kv_bytes'] / 2**20:.0f} | "
-                     f"{r['peak_rss_bytes'] / 2**20:.0f} | {r.get('speedup_vs_hf_generate', float('nan')):.2f} | "
-                     f"{r.get('speedup_vs_vanilla', float('nan')):.2f} |")
+             f"page size {args.page_size}.\n"]
+    if rows:
+        lines += ["| context | method | ratio | tokens/s | s/step | attention share | KV MiB | peak RSS MiB "
+                  "| × generate | × vanilla |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['context']} | {r['method']} | {r['cr']:.2f} | {r['tokens_per_s']:.1f} | "
+                  f"{r['step_seconds']:.3f} | {r['attention_share']:.0%} | {r['kv_bytes'] / 2**20:.0f} | "
+                  f"{r['peak_rss_bytes'] / 2**20:.0f} | {r.get('speedup_vs_hf_generate', float('nan')):.2f} | "
+                  f"{r.get('speedup_vs_vanilla', float('nan')):.2f} |" for r in rows]
+        plot = args.out.parent / f"{args.out.stem}_throughput.png"
+        plot_throughput(rows, plot, title=f"{args.model}, batch {args.batch}")
+        lines.append(f"\n![throughput]({plot.name})")
     if budgets:
         lines += [f"\n## Largest batch within {args.kv_budget_gb} GiB of KV cache (context {min(args.contexts)})\n",
                   "| method | ratio | max batch | tokens/s |", "|---|---|---|---|"]
@@ -89,24 +92,40 @@ def main() -> None:
                   "|---|---|---|---|---|"]
         lines += [f"| {p['dmc']['cr']:.2f} | {p['vanilla']['tokens_per_s']:.1f} | {p['dmc']['tokens_per_s']:.1f} | "
                   f"{p['dmc']['attention_share']:.0%} | {p['speedup_vs_vanilla']:.2f} |" for p in paired]
-    write_text(args.out, "\n".join(lines) + f"\n\n![throughput]({args.out.stem}_throughput.png)\n")
+    write_text(args.out, "\n".join(lines) + "\n")
     write_json(args.out.with_suffix(".json"), {"command": command, "machine": machine, "date": date,
-                                               "rows": rows, "max_batch": budgets,
-                                               "paired": paired})
+                                               "rows": rows, "max_batch": budgets, "paired": paired})
+    print(args.out.read_text())
 
+
+def plot_throughput(rows: list[dict], path: Path, title: str) -> None:
+    """Tokens/s against context per method and ratio; for a single context, DMC against its ratio
+    with the dense methods as levels."""
     figure, axis = plt.subplots(figsize=(6, 4))
-    series: dict[str, list] = {}
-    for r in rows:
-        label = r["method"] if r["method"] != "dmc" else f"dmc cr {r['cr']:.1f}"
-        series.setdefault(label, []).append((r["context"], r["tokens_per_s"]))
-    for label, points in series.items():
-        axis.plot(*zip(*sorted(points)), marker="o", label=label)
-    axis.set(xlabel="context (tokens)", ylabel="decode tokens/s", title=f"{args.model}, batch {args.batch}")
+    if len({r["context"] for r in rows}) > 1:
+        series: dict[str, list] = {}
+        for r in rows:
+            label = r["method"] if r["method"] != "dmc" else f"dmc cr {r['cr']:.1f}"
+            series.setdefault(label, []).append((r["context"], r["tokens_per_s"]))
+        for label, points in series.items():
+            axis.plot(*zip(*sorted(points)), marker="o", label=label)
+        axis.set(xlabel="context (tokens)")
+    else:
+        dmc = sorted((r["cr"], r["tokens_per_s"]) for r in rows if r["method"] == "dmc")
+        if dmc:
+            axis.plot(*zip(*dmc), marker="o", label="dmc")
+        for r, style in zip((r for r in rows if r["method"] != "dmc"), ("--", ":")):
+            axis.axhline(r["tokens_per_s"], linestyle=style, color="grey", label=r["method"])
+        axis.set_xscale("log", base=2)
+        axis.set_xticks([x for x, _ in dmc], [f"{x:.0f}" for x, _ in dmc], minor=False)
+        axis.minorticks_off()
+        axis.set(xlabel=f"compression ratio (context {rows[0]['context']})")
+    axis.set(ylabel="decode tokens/s", title=title)
     axis.legend()
     figure.tight_layout()
-    with atomic_path(args.out.parent / f"{args.out.stem}_throughput.png") as tmp:
+    with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=120)
-    print(args.out.read_text())
+    plt.close(figure)
 
 
 if __name__ == "__main__":
