@@ -7,9 +7,9 @@ Every (context, method, ratio) runs in its own worker process, one after the oth
 the table reports medians of the timed decode steps and ratios between rows of the same context.
 Writes the markdown table, a JSON file and ``*_throughput.png`` (tokens/s against context).
 Workers run minutes apart, so the machine's drift enters the ratios between rows; ``--paired``
-measures DMC against vanilla in one worker with their steps alternating instead:
+measures vanilla and DMC at the given ratios in one worker with their steps taken in turn instead:
 
-    python benchmarks/dmc_throughput.py --contexts 4096 --methods --paired 1 --new-tokens 32 \
+    python benchmarks/dmc_throughput.py --contexts 4096 --methods --paired 1 2 4 8 --new-tokens 32 \
         --out docs/results/dmc_paired_4096.md
 """
 
@@ -47,7 +47,7 @@ def main() -> None:
                         help="also find each method's largest batch within this KV budget, at the shortest context "
                              "(the prefill of a large batch at the longest one would dominate the run)")
     parser.add_argument("--paired", type=float, nargs="*", default=[],
-                        help="DMC ratios also measured against vanilla in one process, steps alternating, "
+                        help="DMC ratios also measured with vanilla in one process, steps taken in turn, "
                              "at the longest context")
     parser.add_argument("--out", type=Path, default=Path("docs/results/dmc_throughput.md"),
                         help="generated table (docs/results/dmc_benchmarks.md is the hand-written page)")
@@ -63,7 +63,7 @@ def main() -> None:
         rows += result["rows"]
         budgets += result.get("max_batch", [])
 
-    paired = [measure_in_worker("paired", cr, replace(config, context=max(args.contexts))) for cr in args.paired]
+    paired = measure_in_worker("paired", args.paired, replace(config, context=max(args.contexts))) if args.paired else None
 
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     machine = f"{os.cpu_count()} CPU cores ({platform.machine()}), no GPU"
@@ -87,11 +87,14 @@ def main() -> None:
         lines += [f"| {b['method']} | {b['cr']:.2f} | {b['max_batch']} | {b.get('tokens_per_s', 0):.1f} |"
                   for b in budgets]
     if paired:
-        lines += [f"\n## DMC against vanilla in one process, steps alternating (context {max(args.contexts)})\n",
-                  "| ratio | vanilla tokens/s | DMC tokens/s | DMC attention share | DMC × vanilla (median of step pairs) |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {p['dmc']['cr']:.2f} | {p['vanilla']['tokens_per_s']:.1f} | {p['dmc']['tokens_per_s']:.1f} | "
-                  f"{p['dmc']['attention_share']:.0%} | {p['speedup_vs_vanilla']:.2f} |" for p in paired]
+        dense = paired["vanilla"]
+        lines += [f"\n## Vanilla and DMC in one process, steps taken in turn (context {paired['context']})\n",
+                  "| method | ratio | tokens/s | attention share | KV MiB | × vanilla (median of rounds) |",
+                  "|---|---|---|---|---|---|",
+                  f"| vanilla | 1.00 | {dense['tokens_per_s']:.1f} | {dense['attention_share']:.0%} | "
+                  f"{dense['kv_bytes'] / 2**20:.0f} | 1.00 |"]
+        lines += [f"| dmc | {r['cr']:.2f} | {r['tokens_per_s']:.1f} | {r['attention_share']:.0%} | "
+                  f"{r['kv_bytes'] / 2**20:.0f} | {r['speedup_vs_vanilla']:.2f} |" for r in paired["dmc"]]
     write_text(args.out, "\n".join(lines) + "\n")
     write_json(args.out.with_suffix(".json"), {"command": command, "machine": machine, "date": date,
                                                "rows": rows, "max_batch": budgets, "paired": paired})

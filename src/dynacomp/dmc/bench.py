@@ -11,10 +11,10 @@ Methods, each measured in a fresh worker process (so its peak memory is its own)
 
 Per method: median time per decode step, tokens/s (batch / step time), the share of that time
 spent in attention modules (timed by hooks), KV-cache bytes, and the worker's peak memory.
-``measure_paired`` runs DMC and the dense loop in one process with their steps alternating, for
-comparisons that must not depend on the machine's drift between workers (ratio 1 against
-vanilla). ``max_batch`` answers the paper's headline question: how many sequences fit a KV budget, and
-how fast does each method decode at its own largest batch.
+``measure_paired`` runs the dense loop and DMC at several ratios in one process with their steps
+taken in turn, for comparisons that must not depend on the machine's drift between workers.
+``max_batch`` answers the paper's headline question: how many sequences fit a KV budget, and how
+fast does each method decode at its own largest batch.
 """
 
 from __future__ import annotations
@@ -185,30 +185,39 @@ def measure(method: Method, cr: float, config: BenchConfig) -> dict:
 
 
 @torch.no_grad()
-def measure_paired(cr: float, config: BenchConfig) -> dict:
-    """DMC at ``cr`` and the dense loop in one process, their decode steps alternating, so that the
-    machine's drift falls on both alike. Returns both rows (peak memory is the pair's) and the
-    median over step pairs of DMC's speed relative to the dense loop."""
+def measure_paired(crs: list[float], config: BenchConfig) -> dict:
+    """The dense loop and DMC at each of ``crs`` in one process, their decode steps taken in turn,
+    so that the machine's drift falls on all alike. Returns their rows (peak memory is the whole
+    process's) and, per ratio, the median over rounds of DMC's speed relative to the dense loop."""
     from dynacomp.dmc import convert
 
     if config.threads:
         torch.set_num_threads(config.threads)
-    model, tokenizer, dmc_config = _load(config, cr)
-    dmc_model = convert(copy.deepcopy(model), dmc_config)
+    model, tokenizer, dmc_config = _load(config, crs[0])
     ids = prompt_ids(tokenizer, config.batch, config.context)
     dense = GreedyDecoder(model, ids, _dense_cache(model, config))
-    dmc = GreedyDecoder(dmc_model, ids, dmc_model.new_cache())
+    dmc = []
+    for cr in crs:
+        # force_cr is None for a retrofitted checkpoint, whose own decisions then set the ratio
+        forced = replace(dmc_config, force_cr=cr) if dmc_config.force_cr is not None else dmc_config
+        dmc_model = convert(copy.deepcopy(model), forced)
+        dmc.append(GreedyDecoder(dmc_model, ids, dmc_model.new_cache()))
     for _ in range(config.new_tokens):
         dense.step()
-        dmc.step()
-    return {"cr": cr, "context": config.context,
+        for decoder in dmc:
+            decoder.step()
+    rows = []
+    for decoder in dmc:
+        row = _row("dmc", decoder.cache.stats()["compression_ratio"], config, decoder.steps,
+                   decoder.timer.seconds, _kv_bytes(decoder.cache))
+        row["speedup_vs_vanilla"] = statistics.median(d / m for d, m in zip(dense.steps, decoder.steps))
+        rows.append(row)
+    return {"context": config.context,
             "vanilla": _row("vanilla", 1.0, config, dense.steps, dense.timer.seconds, _kv_bytes(dense.cache)),
-            "dmc": _row("dmc", dmc.cache.stats()["compression_ratio"], config, dmc.steps, dmc.timer.seconds,
-                        _kv_bytes(dmc.cache)),
-            "speedup_vs_vanilla": statistics.median(d / m for d, m in zip(dense.steps, dmc.steps))}
+            "dmc": rows}
 
 
-def measure_in_worker(method: str, cr: float, config: BenchConfig) -> dict:
+def measure_in_worker(method: str, cr: float | list[float], config: BenchConfig) -> dict:
     """``measure`` (``measure_paired`` for method "paired") in a fresh Python process; its peak
     memory is then the method's own."""
     payload = json.dumps({"method": method, "cr": cr, "config": asdict(config)})
