@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import sys
 import warnings
 from pathlib import Path
 
@@ -38,13 +39,27 @@ def _extension():
     if platform.machine().lower() in ("x86_64", "amd64"):
         flags += _X86_FLAGS.get(capability, [])
     openmp = ["-fopenmp"] if torch.backends.openmp.is_available() else []   # else at::parallel_for is serial
+    name = f"dynacomp_paged_decode_{capability.lower()}"
+    _announce_first_build(name)
     try:
-        return load(name=f"dynacomp_paged_decode_{capability.lower()}",
+        return load(name=name,
                     sources=[str(Path(__file__).with_name("csrc") / "paged_decode.cpp")],
                     extra_cflags=flags + openmp, extra_ldflags=openmp)
     except Exception as error:  # no compiler, no OpenMP, ...: decoding still works, more slowly
         warnings.warn(f"dynacomp's native DMC decode kernel could not be built, using the PyTorch path: {error}")
         return None
+
+
+def _announce_first_build(name: str) -> None:
+    """Say why the first DMC decoding step is slow: the kernel is compiled, once per machine."""
+    from torch.utils import cpp_extension
+    try:  # a private helper of torch's loader; without it, no notice
+        build_directory = Path(cpp_extension._get_build_directory(name, verbose=False))
+    except Exception:
+        return
+    if not any(build_directory.glob(f"{name}*.so")):
+        print(f"dynacomp: building the native DMC decode kernel in {build_directory} "
+              "(once per machine, about 30 s)", file=sys.stderr)
 
 
 def supports(pool: Tensor) -> bool:
