@@ -24,7 +24,7 @@ from pathlib import Path
 
 from dynacomp.config import add_config_args, config_from_args
 from dynacomp.dmc.retrofit import RetrofitConfig, report_summary, retrofit
-from dynacomp.io import write_json
+from dynacomp.io import figure, write_json
 
 VARIANTS = {
     "plain": {},
@@ -53,23 +53,17 @@ def curve_point(record: dict, variant: str) -> dict:
 
 def plot_curve(summaries: list[Path], variant: str, png: Path, title: str) -> None:
     """Perplexity ratio against realised compression ratio, one point per summary or report file."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = sorted((curve_point(json.loads(p.read_text()), variant) for p in summaries), key=lambda r: r["target_cr"])
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
-    ax.plot([r["compression_ratio"] for r in rows], [r["perplexity_ratio"] for r in rows], "o-")
-    for r in rows:
-        ax.annotate(f"target {r['target_cr']:g}", (r["compression_ratio"], r["perplexity_ratio"]), fontsize=7,
-                    textcoords="offset points", xytext=(4, -10))
-    ax.axhline(1.10, color="gray", linestyle="--", linewidth=0.8, label="1.10 x base")
-    ax.set_xlabel("realised compression ratio (test, hard decisions)")
-    ax.set_ylabel("perplexity / base perplexity")
-    ax.set_title(title, fontsize=8)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
+    with figure(png, figsize=(4.5, 3.2)) as (_, ax):
+        ax.plot([r["compression_ratio"] for r in rows], [r["perplexity_ratio"] for r in rows], "o-")
+        for r in rows:
+            ax.annotate(f"target {r['target_cr']:g}", (r["compression_ratio"], r["perplexity_ratio"]), fontsize=7,
+                        textcoords="offset points", xytext=(4, -10))
+        ax.axhline(1.10, color="gray", linestyle="--", linewidth=0.8, label="1.10 x base")
+        ax.set_xlabel("realised compression ratio (test, hard decisions)")
+        ax.set_ylabel("perplexity / base perplexity")
+        ax.set_title(title, fontsize=8)
+        ax.legend(fontsize=7)
 
 
 def main() -> None:

@@ -24,14 +24,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from dynacomp.dmc.bench import BenchConfig, measure_in_worker, run  # noqa: E402
-from dynacomp.dmc.config import DMCConfig  # noqa: E402
-from dynacomp.io import atomic_path, write_json, write_text  # noqa: E402
+from dynacomp.dmc.bench import BenchConfig, measure_in_worker, run
+from dynacomp.dmc.config import DMCConfig
+from dynacomp.io import figure, write_json, write_text
 
 
 def main() -> None:
@@ -104,31 +99,27 @@ def main() -> None:
 def plot_throughput(rows: list[dict], path: Path, title: str) -> None:
     """Tokens/s against context per method and ratio; for a single context, DMC against its ratio
     with the dense methods as levels."""
-    figure, axis = plt.subplots(figsize=(6, 4))
-    if len({r["context"] for r in rows}) > 1:
-        series: dict[str, list] = {}
-        for r in rows:
-            label = r["method"] if r["method"] != "dmc" else f"dmc cr {r['cr']:.1f}"
-            series.setdefault(label, []).append((r["context"], r["tokens_per_s"]))
-        for label, points in series.items():
-            axis.plot(*zip(*sorted(points)), marker="o", label=label)
-        axis.set(xlabel="context (tokens)")
-    else:
-        dmc = sorted((r["cr"], r["tokens_per_s"]) for r in rows if r["method"] == "dmc")
-        if dmc:
-            axis.plot(*zip(*dmc), marker="o", label="dmc")
-        for r, style in zip((r for r in rows if r["method"] != "dmc"), ("--", ":")):
-            axis.axhline(r["tokens_per_s"], linestyle=style, color="grey", label=r["method"])
-        axis.set_xscale("log", base=2)
-        axis.set_xticks([x for x, _ in dmc], [f"{x:.0f}" for x, _ in dmc], minor=False)
-        axis.minorticks_off()
-        axis.set(xlabel=f"compression ratio (context {rows[0]['context']})")
-    axis.set(ylabel="decode tokens/s", title=title)
-    axis.legend()
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=120)
-    plt.close(figure)
+    with figure(path, figsize=(6, 4)) as (_, axis):
+        if len({r["context"] for r in rows}) > 1:
+            series: dict[str, list] = {}
+            for r in rows:
+                label = r["method"] if r["method"] != "dmc" else f"dmc cr {r['cr']:.1f}"
+                series.setdefault(label, []).append((r["context"], r["tokens_per_s"]))
+            for label, points in series.items():
+                axis.plot(*zip(*sorted(points)), marker="o", label=label)
+            axis.set(xlabel="context (tokens)")
+        else:
+            dmc = sorted((r["cr"], r["tokens_per_s"]) for r in rows if r["method"] == "dmc")
+            if dmc:
+                axis.plot(*zip(*dmc), marker="o", label="dmc")
+            for r, style in zip((r for r in rows if r["method"] != "dmc"), ("--", ":")):
+                axis.axhline(r["tokens_per_s"], linestyle=style, color="grey", label=r["method"])
+            axis.set_xscale("log", base=2)
+            axis.set_xticks([x for x, _ in dmc], [f"{x:.0f}" for x, _ in dmc], minor=False)
+            axis.minorticks_off()
+            axis.set(xlabel=f"compression ratio (context {rows[0]['context']})")
+        axis.set(ylabel="decode tokens/s", title=title)
+        axis.legend()
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ from dynacomp.dtp.data import load_data
 from dynacomp.dtp.plot import plot_boundaries
 from dynacomp.dtp.recipe import DTPTask
 from dynacomp.dtp.sample import generation_speed
-from dynacomp.io import write_json, write_text
+from dynacomp.io import figure, write_json, write_text
 from dynacomp.train import TrainConfig, load_weights, train
 
 METHODS = {
@@ -199,22 +199,15 @@ def main() -> None:
 
 
 def report(args, rows, planned, command, host, started) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     args.results.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for row in rows:
-        ax.plot(*zip(*row["curve"]), label=run_name(row["data"], row["method"]))
-    ax.set_xlabel("step")
-    ax.set_ylabel("training bits per character")
-    ax.set_ylim(top=min(4.5, ax.get_ylim()[1]))
-    ax.legend(fontsize=7)
-    ax.set_title(f"{host.split(',')[0]}; {started:%Y-%m-%d}", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(args.results / "dtp_curves.png", dpi=120)
-    plt.close(fig)
+    with figure(args.results / "dtp_curves.png", figsize=(7, 4)) as (_, ax):
+        for row in rows:
+            ax.plot(*zip(*row["curve"]), label=run_name(row["data"], row["method"]))
+        ax.set_xlabel("step")
+        ax.set_ylabel("training bits per character")
+        ax.set_ylim(top=min(4.5, ax.get_ylim()[1]))
+        ax.legend(fontsize=7)
+        ax.set_title(f"{host.split(',')[0]}; {started:%Y-%m-%d}", fontsize=8)
 
     text_ids = load_data(args.data).splits["validation"][:240]
     for row in rows:

@@ -1,4 +1,4 @@
-"""Files and folders: the cache location and writes that are never seen half-done."""
+"""Files and folders: the cache location and writes (JSON, text, figures) that are never seen half-done."""
 
 from __future__ import annotations
 
@@ -51,3 +51,21 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+@contextlib.contextmanager
+def figure(path: str | os.PathLike, dpi: int = 120, **subplots: Any) -> Iterator[tuple[Any, Any]]:
+    """``plt.subplots(**subplots)`` drawn off-screen (no display needed) with constrained layout;
+    the figure is written to ``path`` (format from its suffix: png, svg, pdf) atomically when the
+    block succeeds, and closed either way."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(layout="constrained", **subplots)
+    try:
+        yield fig, axes
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(fig)

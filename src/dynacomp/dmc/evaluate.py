@@ -42,6 +42,7 @@ from dynacomp.dmc.baselines import H2O, TOVA, BudgetCache, StreamingLLM, use_bud
 from dynacomp.dmc.config import DMCConfig
 from dynacomp.dmc.model import DMCModelMixin, convert
 from dynacomp.dmc.quantized import QuantizedKVCache
+from dynacomp.io import figure
 from dynacomp.metrics.perplexity import perplexity
 
 METHODS = ("vanilla", "dmc", "dmc_forced", "streaming_llm", "h2o", "tova", "int8", "int4")
@@ -253,48 +254,34 @@ def passkey(model, tokenizer, method: str, cr: float, context_lengths: tuple[int
 
 def plot_perplexity(results: list[dict], path: str | Path, title: str = "") -> None:
     """Perplexity against the measured memory ratio, one line per method (``perplexity_online`` dicts)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for method in METHODS:
-        points = sorted((r["ratio"], r["perplexity"]) for r in results if r["method"] == method)
-        if not points:
-            continue
-        if method == "vanilla":
-            ax.axhline(points[0][1], color="black", linestyle="--", linewidth=1, label=LABELS[method])
-            continue
-        ax.plot(*zip(*points), marker="o", label=LABELS[method])
-    ax.set_xlabel("memory ratio (dense 16-bit cache / this cache)")
-    ax.set_ylabel("perplexity")
-    ax.set_yscale("log")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, figsize=(6.4, 4.4)) as (_, ax):
+        for method in METHODS:
+            points = sorted((r["ratio"], r["perplexity"]) for r in results if r["method"] == method)
+            if not points:
+                continue
+            if method == "vanilla":
+                ax.axhline(points[0][1], color="black", linestyle="--", linewidth=1, label=LABELS[method])
+                continue
+            ax.plot(*zip(*points), marker="o", label=LABELS[method])
+        ax.set_xlabel("memory ratio (dense 16-bit cache / this cache)")
+        ax.set_ylabel("perplexity")
+        ax.set_yscale("log")
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
 
 
 def plot_passkey(results: list[dict], path: str | Path, title: str = "") -> None:
     """Passkey accuracy against context length, one line per (method, ratio) (``passkey`` dicts)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for result in results:
-        rows = result["results"]
-        label = LABELS[result["method"]] + ("" if result["method"] == "vanilla" else f", ratio {result['ratio']:.2g}")
-        ax.plot([r["context"] for r in rows], [r["accuracy"] for r in rows], marker="o", label=label)
-    ax.set_xlabel("context length (tokens)")
-    ax.set_ylabel("passkey accuracy")
-    ax.set_xscale("log", base=2)
-    ax.set_ylim(-0.05, 1.05)
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, figsize=(6.4, 4.4)) as (_, ax):
+        for result in results:
+            rows = result["results"]
+            label = LABELS[result["method"]] + ("" if result["method"] == "vanilla" else f", ratio {result['ratio']:.2g}")
+            ax.plot([r["context"] for r in rows], [r["accuracy"] for r in rows], marker="o", label=label)
+        ax.set_xlabel("context length (tokens)")
+        ax.set_ylabel("passkey accuracy")
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)

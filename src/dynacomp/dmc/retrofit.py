@@ -43,7 +43,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from dynacomp.config import field, to_dict
 from dynacomp.dmc.config import DMCConfig
 from dynacomp.dmc.model import convert, load_base, save, zero_decision_channels
-from dynacomp.io import atomic_path, write_json
+from dynacomp.io import figure, write_json
 from dynacomp.metrics.perplexity import perplexity
 from dynacomp.models import DEFAULT_MODEL, resolve
 from dynacomp.train import TrainConfig, is_main_process, load_weights, train
@@ -386,30 +386,24 @@ def calibrate_threshold(model: nn.Module, tokens: Tensor, target_cr: float, cont
 
 def plot_cr_heatmap(per_layer_head: list[list[float]], path: Path, title: str) -> None:
     """Layer x KV-head compression ratios as a heat map (PNG), written atomically."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
 
     ratios = torch.tensor(per_layer_head).numpy()
     layers, heads = ratios.shape
-    fig, ax = plt.subplots(figsize=(1.6 + 0.7 * heads, 1.4 + 0.22 * layers))
-    # Log colours: heads range from 1 (never merge) to tens.
-    norm = matplotlib.colors.LogNorm(vmin=1.0, vmax=max(float(ratios.max()), 1.01))
-    image = ax.imshow(ratios, cmap="viridis", norm=norm, aspect="auto", origin="upper")
-    if layers * heads <= 200:
-        middle = math.sqrt(norm.vmax)
-        for (i, j), value in zip(((i, j) for i in range(layers) for j in range(heads)), ratios.flatten().tolist()):
-            ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7,
-                    color="white" if value < middle else "black")
-    ax.set_xlabel("KV head")
-    ax.set_ylabel("layer")
-    ax.set_xticks(range(heads))
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(image, ax=ax, label="compression ratio (tokens per slot)")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    with figure(path, figsize=(1.6 + 0.7 * heads, 1.4 + 0.22 * layers)) as (fig, ax):
+        # Log colours: heads range from 1 (never merge) to tens.
+        norm = LogNorm(vmin=1.0, vmax=max(float(ratios.max()), 1.01))
+        image = ax.imshow(ratios, cmap="viridis", norm=norm, aspect="auto", origin="upper")
+        if layers * heads <= 200:
+            middle = math.sqrt(norm.vmax)
+            for (i, j), value in zip(((i, j) for i in range(layers) for j in range(heads)), ratios.flatten().tolist()):
+                ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7,
+                        color="white" if value < middle else "black")
+        ax.set_xlabel("KV head")
+        ax.set_ylabel("layer")
+        ax.set_xticks(range(heads))
+        ax.set_title(title, fontsize=9)
+        fig.colorbar(image, ax=ax, label="compression ratio (tokens per slot)")
 
 
 def write_outputs(model: nn.Module, tokenizer, report: dict, out_dir: Path, title: str, t0: float) -> dict:

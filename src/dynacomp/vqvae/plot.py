@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dynacomp.io import atomic_path
+from dynacomp.io import figure
 
 
 def read_metrics(run: str | Path) -> list[dict[str, Any]]:
@@ -20,22 +20,15 @@ def read_metrics(run: str | Path) -> list[dict[str, Any]]:
 def plot_usage(runs: dict[str, list[dict[str, Any]]], path: str | Path, note: str = "") -> None:
     """Two panels over steps: normalised code usage per training batch, and reconstruction MSE;
     one line per run; ``note`` (command, machine, date) goes under the plot."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (usage, recon) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-    for name, records in runs.items():
-        steps = [r["step"] for r in records]
-        usage.plot(steps, [r["usage"] for r in records], label=name)
-        recon.plot(steps, [r["recon"] for r in records], label=name)
-    usage.set(xlabel="step", ylabel="code usage H / log K (per batch)", ylim=(0, 1.02), title="codebook usage")
-    recon.set(xlabel="step", ylabel="log-mel MSE (normalised)", yscale="log", title="reconstruction (train batches)")
-    usage.legend(fontsize=8)
-    usage.grid(alpha=0.3)
-    recon.grid(alpha=0.3)
-    if note:
-        fig.text(0.01, -0.02, note, fontsize=7, va="top", wrap=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
-    plt.close(fig)
+    with figure(path, ncols=2, figsize=(11, 4)) as (fig, (usage, recon)):
+        for name, records in runs.items():
+            steps = [r["step"] for r in records]
+            usage.plot(steps, [r["usage"] for r in records], label=name)
+            recon.plot(steps, [r["recon"] for r in records], label=name)
+        usage.set(xlabel="step", ylabel="code usage H / log K (per batch)", ylim=(0, 1.02), title="codebook usage")
+        recon.set(xlabel="step", ylabel="log-mel MSE (normalised)", yscale="log", title="reconstruction (train batches)")
+        usage.legend(fontsize=8)
+        usage.grid(alpha=0.3)
+        recon.grid(alpha=0.3)
+        if note:
+            fig.text(0.01, -0.02, note, fontsize=7, va="top", wrap=True)

@@ -1,0 +1,22 @@
+"""dynacomp.io: figures are written whole or not at all."""
+
+import pytest
+
+from dynacomp.io import figure
+
+
+def test_figure_writes_the_format_its_suffix_names(tmp_path):
+    for name, magic in (("plot.png", b"\x89PNG"), ("plot.svg", b"<?xml"), ("plot.pdf", b"%PDF")):
+        with figure(tmp_path / name, figsize=(2, 2)) as (_, ax):
+            ax.plot([0, 1], [1, 0])
+        assert (tmp_path / name).read_bytes().startswith(magic)
+
+
+def test_a_failed_figure_leaves_the_old_file_and_no_debris(tmp_path):
+    path = tmp_path / "plot.png"
+    path.write_bytes(b"old")
+    with pytest.raises(RuntimeError), figure(path) as (_, ax):
+        ax.plot([0, 1])
+        raise RuntimeError("drawing failed")
+    assert path.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plot.png"]
