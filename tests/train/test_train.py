@@ -121,6 +121,15 @@ def test_tensorboard_without_package_says_how_to_install(tmp_path):
 
 # ---------------------------------------------------------------- checkpoints
 
+def test_without_a_progress_bar_a_run_prints_status_lines(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("dynacomp.train.loop.STATUS_EVERY_S", 0.0)
+    monkeypatch.setenv("DYNACOMP_PROGRESS", "0")
+    train(toy.ToyTask(), small(steps=4, log_every=2), tmp_path)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("dynacomp.train: step")]
+    assert [line.split(",")[0] for line in lines] == ["dynacomp.train: step 2/4", "dynacomp.train: step 4/4"]
+    assert "loss" in lines[-1] and "lr" in lines[-1]
+
+
 def test_checkpoints_are_complete_pruned_and_verified(tmp_path):
     out = tmp_path / "run"
     result = train(toy.ToyTask(dropout=0.1, jitter=0.01), small(), out)

@@ -34,6 +34,10 @@ from dynacomp.train.distributed import (
 )
 from dynacomp.train.schedule import lr_at
 
+# Without a progress bar (stderr is a log file, as under nohup or a batch scheduler), a status line
+# on stderr at most this often, so a long run is not silent.
+STATUS_EVERY_S = 60.0
+
 
 @dataclass
 class TrainConfig:
@@ -303,6 +307,7 @@ def train(task: TrainTask, config: TrainConfig, out_dir: str | Path, *, resume: 
     on_step_start = getattr(task, "on_step_start", None)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     log_time, log_step = time.perf_counter(), step
+    status_time = log_time
     try:
         while step < config.steps:
             if on_step_start is not None:
@@ -348,8 +353,12 @@ def train(task: TrainTask, config: TrainConfig, out_dir: str | Path, *, resume: 
                         for key, value in last_metrics.items():
                             if key != "step" and isinstance(value, (int, float)):
                                 writer.add_scalar(key, value, step)
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in last_metrics.items()
-                                     if k not in ("step", "elapsed_s", "steps_per_s")}, refresh=False)
+                    shown = {k: f"{v:.4g}" for k, v in last_metrics.items() if k not in ("step", "elapsed_s", "steps_per_s")}
+                    bar.set_postfix(shown, refresh=False)
+                    if bar.disable and now - status_time >= STATUS_EVERY_S:
+                        print(f"dynacomp.train: step {step}/{config.steps}, {last_metrics['steps_per_s']:.3g} steps/s, "
+                              + ", ".join(f"{k} {v}" for k, v in shown.items()), file=sys.stderr, flush=True)
+                        status_time = now
                 if not math.isfinite(values[0]):
                     raise FloatingPointError(f"loss is {values[0]} at step {step}; resume from the last checkpoint "
                                              "with a lower lr or grad_clip, or look for bad data")
