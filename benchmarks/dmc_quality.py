@@ -26,7 +26,7 @@ import torch
 
 from dynacomp.dmc.eval_cli import MethodConfig, load_for_eval
 from dynacomp.dmc.evaluate import LABELS, EvalOptions, passkey, perplexity_online, plot_passkey, plot_perplexity
-from dynacomp.io import atomic_path, write_json, write_text
+from dynacomp.io import write_json, write_text
 
 EVICTION = ("dmc_forced", "streaming_llm", "h2o", "tova")
 QUANTISED = ("int8", "int4")
@@ -123,8 +123,7 @@ def main() -> None:
              f"{args.model}, context {args.context}"),
             (stem.with_name(stem.name + "_passkey.png"), plot_passkey, keys,
              f"{args.model}, passkey, CR {args.passkey_cr:g}")):
-        with atomic_path(path) as tmp:
-            plot(results, tmp, title)
+        plot(results, path, title)   # written atomically
     write_json(args.out.with_suffix(".json"), {**header, "perplexity": rows, "passkey": keys})
     write_text(args.out, f"""# DMC and its peers at equal cache memory
 

@@ -266,6 +266,9 @@ def plot_perplexity(results: list[dict], path: str | Path, title: str = "") -> N
         ax.set_xlabel("memory ratio (dense 16-bit cache / this cache)")
         ax.set_ylabel("perplexity")
         ax.set_yscale("log")
+        from matplotlib.ticker import ScalarFormatter
+        for set_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+            set_formatter(ScalarFormatter())   # 21.5, not 2.15 x 10^1, over a narrow range
         ax.set_title(title)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
