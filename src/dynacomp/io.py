@@ -54,18 +54,15 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 @contextlib.contextmanager
-def figure(path: str | os.PathLike, dpi: int = 120, **subplots: Any) -> Iterator[tuple[Any, Any]]:
-    """``plt.subplots(**subplots)`` drawn off-screen (no display needed) with constrained layout;
-    the figure is written to ``path`` (format from its suffix: png, svg, pdf) atomically when the
-    block succeeds, and closed either way."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def figure(path: str | os.PathLike, dpi: int = 120, figsize: tuple[float, float] | None = None,
+           **subplots: Any) -> Iterator[tuple[Any, Any]]:
+    """A figure and its axes (``Figure.subplots(**subplots)``, constrained layout), written to
+    ``path`` (format from its suffix: png, svg, pdf) atomically when the block succeeds. Built
+    without pyplot, so it needs no display and leaves the caller's matplotlib backend alone."""
+    from matplotlib.figure import Figure
 
-    fig, axes = plt.subplots(layout="constrained", **subplots)
-    try:
-        yield fig, axes
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight")
-    finally:
-        plt.close(fig)
+    fig = Figure(figsize=figsize, layout="constrained")
+    axes = fig.subplots(**subplots)
+    yield fig, axes
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight")
