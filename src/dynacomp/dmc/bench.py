@@ -114,10 +114,12 @@ class GreedyDecoder:
 
 def _load(config: BenchConfig, cr: float):
     """(model, tokenizer, DMC config): a retrofitted checkpoint's base weights and own config, or
-    the named model with ``force_cr`` = ``cr``."""
+    the named model with ``force_cr`` = ``cr``; sets this process's thread count first."""
     from dynacomp.dmc import is_dmc_checkpoint, load_base
     from dynacomp.models import load_causal_lm
 
+    if config.threads:
+        torch.set_num_threads(config.threads)
     if is_dmc_checkpoint(config.model):   # dense methods decode the same retrofitted weights
         model, tokenizer, dmc_config = load_base(config.model)
         return model, tokenizer, replace(dmc_config, page_size=config.page_size)
@@ -151,8 +153,6 @@ def measure(method: Method, cr: float, config: BenchConfig) -> dict:
 
     from dynacomp.dmc import convert
 
-    if config.threads:
-        torch.set_num_threads(config.threads)
     model, tokenizer, dmc_config = _load(config, cr)
     if method == "dmc":
         convert(model, dmc_config)
@@ -191,8 +191,6 @@ def measure_paired(crs: list[float], config: BenchConfig) -> dict:
     process's) and, per ratio, the median over rounds of DMC's speed relative to the dense loop."""
     from dynacomp.dmc import convert
 
-    if config.threads:
-        torch.set_num_threads(config.threads)
     model, tokenizer, dmc_config = _load(config, crs[0])
     ids = prompt_ids(tokenizer, config.batch, config.context)
     dense = GreedyDecoder(model, ids, _dense_cache(model, config))

@@ -254,6 +254,8 @@ def passkey(model, tokenizer, method: str, cr: float, context_lengths: tuple[int
 
 def plot_perplexity(results: list[dict], path: str | Path, title: str = "") -> None:
     """Perplexity against the measured memory ratio, one line per method (``perplexity_online`` dicts)."""
+    from matplotlib.ticker import ScalarFormatter
+
     with figure(path, figsize=(6.4, 4.4)) as (_, ax):
         for method in METHODS:
             points = sorted((r["ratio"], r["perplexity"]) for r in results if r["method"] == method)
@@ -266,9 +268,8 @@ def plot_perplexity(results: list[dict], path: str | Path, title: str = "") -> N
         ax.set_xlabel("memory ratio (dense 16-bit cache / this cache)")
         ax.set_ylabel("perplexity")
         ax.set_yscale("log")
-        from matplotlib.ticker import ScalarFormatter
-        for set_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
-            set_formatter(ScalarFormatter())   # 21.5, not 2.15 x 10^1, over a narrow range
+        ax.yaxis.set_major_formatter(ScalarFormatter())   # 21.5, not 2.15 x 10^1, over a narrow range
+        ax.yaxis.set_minor_formatter(ScalarFormatter())
         ax.set_title(title)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
