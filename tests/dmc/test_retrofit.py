@@ -80,6 +80,8 @@ def test_schedule_shapes_and_validation():
         RetrofitConfig(seq_len=64, short_seq_len=128)
     with pytest.raises(ValueError, match="target_cr"):
         RetrofitConfig(target_cr=0.5)
+    with pytest.raises(ValueError, match="needs --init"):
+        RetrofitConfig(retrofit_steps=0)
 
 
 def test_batches_are_deterministic_and_split_over_ranks():
@@ -186,6 +188,15 @@ def test_continuing_from_a_checkpoint_ramps_on_from_its_ratio(finished_run, tmp_
     continued = retrofit(more, tmp_path, command="test")
     assert not (tmp_path / "zero_out").exists() and continued["tokens_trained"] == 2 * 4 * 32
     assert [m["target_cr"] for m in metrics(tmp_path / "retrofit")] == [2.5, 3.0]
+
+
+def test_a_checkpoint_can_be_fine_tuned_at_its_ratio_without_a_ramp(finished_run, tmp_path):
+    config, out, report = finished_run
+    more = replace(config, init=str(out / "model"), retrofit_steps=0, finetune_steps=2)
+    continued = retrofit(more, tmp_path, command="test")
+    assert not (tmp_path / "zero_out").exists() and not (tmp_path / "retrofit").exists()
+    assert [m["target_cr"] for m in metrics(tmp_path / "finetune")] == [config.target_cr] * 2
+    assert continued["tokens_trained"] == 2 * 4 * 32
 
 
 def test_calibration_finds_the_threshold_that_realises_the_target(finished_run, tmp_path):

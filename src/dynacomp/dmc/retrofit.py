@@ -71,7 +71,8 @@ class RetrofitConfig:
     batch_size: int = field(4, help="sequences per optimizer step, over all processes and micro-batches")
     # The paper's 250 / 6000 / 2000 steps of 4M tokens, scaled down keeping the proportions 1 : 24 : 8.
     zero_out_steps: int = field(8, help="stage 1 steps: ramp the repurposed channels to zero (paper: 250)")
-    retrofit_steps: int = field(192, help="stage 2 steps: target ratio rising linearly to target_cr (paper: 6000)")
+    retrofit_steps: int = field(192, help="stage 2 steps: target ratio rising linearly to target_cr (paper: 6000); "
+                                          "0 with --init: only fine-tune the checkpoint at target_cr")
     finetune_steps: int = field(64, help="stage 3 steps at the fixed target ratio (paper: 2000)")
     lr: float = field(1e-4, help="learning rate of all stages; the paper's 3e-5 is for a 7B model with 4M-token "
                                  "batches, small models and a few hundred steps need larger ones")
@@ -114,8 +115,11 @@ class RetrofitConfig:
             raise ValueError(f"need 1 <= ramp_from <= target_cr, got {self.ramp_from} and {self.target_cr}")
         if not 0 <= self.distill <= 1:
             raise ValueError(f"distill is a share of the LM loss, between 0 and 1; got {self.distill}")
-        if min(self.zero_out_steps, self.retrofit_steps, self.finetune_steps) < 0 or self.retrofit_steps < 1:
-            raise ValueError("stage steps must be >= 0, and retrofit_steps >= 1")
+        if min(self.zero_out_steps, self.retrofit_steps, self.finetune_steps) < 0:
+            raise ValueError("stage steps must be >= 0")
+        if self.retrofit_steps == 0 and not self.init:
+            # The retrofit stage is where a base model's decision channels are zeroed and DMC first trains.
+            raise ValueError("retrofit_steps 0 needs --init: only a DMC checkpoint can skip the retrofit stage")
         if self.short_seq_len is not None and (self.short_seq_len > self.seq_len
                                                or (self.batch_size * self.seq_len) % self.short_seq_len):
             raise ValueError(f"short_seq_len must be at most seq_len, and batch_size x seq_len = "
