@@ -71,6 +71,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0, help="initial weights and batch order; another seed in another "
+                   "--runs folder measures the seed-to-seed spread")
     p.add_argument("--eval-chars", type=int, default=0, help="test characters to score (0: all)")
     p.add_argument("--throughput-steps", type=int, default=20, help="steps per throughput timing")
     p.add_argument("--rounds", type=int, default=3, help="interleaved throughput rounds")
@@ -88,8 +90,9 @@ def model_config(args: argparse.Namespace, method: str, language: str) -> DTPCon
 
 def train_config(args: argparse.Namespace, steps: int) -> TrainConfig:
     """The paper's optimiser settings (Adam 0.9/0.999, no weight decay, clip 0.25, cosine to 0)."""
-    return TrainConfig(steps=steps, lr=args.lr, warmup_steps=max(1, steps // 20), weight_decay=0.0, beta2=0.999,
-                       grad_clip=0.25, min_lr_ratio=0.0, log_every=max(1, min(50, steps // 20)),
+    return TrainConfig(steps=steps, lr=args.lr, seed=args.seed, warmup_steps=max(1, steps // 20),
+                       weight_decay=0.0, beta2=0.999, grad_clip=0.25, min_lr_ratio=0.0,
+                       log_every=max(1, min(50, steps // 20)),
                        checkpoint_every=max(1, steps // 5), keep_checkpoints=1)
 
 
