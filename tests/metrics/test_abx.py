@@ -50,3 +50,21 @@ def test_abx_across_by_hand():
     assert (result["error"], result["triplets"]) == (0.0, 2)          # X = a3 from speaker s2
     assert abx_error(_features(E1, E1, E2, a3=E2), ITEMS, mode="across")["error"] == 1.0
     assert np.isnan(abx_error({}, ITEMS)["error"])
+
+
+def test_abx_averages_over_contexts_then_speakers_then_pairs():
+    """Speaker s1 has the pair (a, b) in two contexts, both right; s2 in one, at 0.75 (as above).
+    libri-light's order of means gives (0 + 0.75) / 2; one flat mean over the cells would give 0.25."""
+    frames, items = [], []
+    for speaker, context, vectors in (("s1", "y", (E1, E1, E2)), ("s1", "z", (E1, E1, E2)), ("s2", "y", (E1, E2, E1))):
+        for phone, vector in zip("aab", vectors):
+            k = len(frames) // 2
+            frames += [vector, vector]
+            items.append(Item("f", 0.02 * k, 0.02 * (k + 1), phone, "x", context, speaker))
+    result = abx_error({"f": np.array(frames, dtype=np.float32)}, items, mode="within")
+    assert result["cells"] == 3 and result["error"] == pytest.approx(0.375)
+
+
+def test_items_past_the_features_are_an_error():
+    with pytest.raises(ValueError, match="past the end"):
+        abx_error({"f": np.zeros((4, 2), dtype=np.float32)}, ITEMS)

@@ -51,10 +51,15 @@ def test_tolerance_in_seconds():
     in_frames = score(REF, PRED, tolerance=2, strict=True)
     assert score(REF, PRED, tolerance=0.02, strict=True, frame_rate=100) == in_frames
     assert score(REF, PRED, tolerance=0.01, frame_rate=100)["precision_hits"] == 2   # 11 and 29
+    assert score([[0]], [[29]], tolerance=0.29, frame_rate=100)["recall"] == 1.0    # 0.29 * 100 is 28.999...
 
 
 def test_edge_cases():
-    assert score([[5]], [[]], 2)["r_value"] == 0.0 and score([[]], [[]], 2)["f1"] == 0.0
+    assert score([[]], [[]], 2)["f1"] == 0.0 and score([[]], [[3]], 2)["r_value"] == 0.0
+    # Nothing predicted: HR 0, OS -1, r1 sqrt(2), r2 0: R-value 1 - sqrt(2) / 2, as Räsänen's formula gives.
+    assert score([[5]], [[]], 2)["r_value"] == pytest.approx(1 - math.sqrt(2) / 2)
+    # Missing everything never scores above hitting something (OS from the counts, not R / P).
+    assert scores_from_counts(10, 100, 0, 0)["r_value"] < scores_from_counts(10, 100, 10, 10)["r_value"]
     perfect = scores_from_counts(10, 10, 10, 10)
     assert perfect["r_value"] == pytest.approx(1.0) and perfect["over_segmentation"] == 0.0
     with pytest.raises(ValueError):
@@ -68,6 +73,7 @@ def test_peaks_and_prominence():
     assert peak_boundaries(5 * d + 3, 0.5) == [2, 6]   # min-max normalised per utterance
     prominence, best = choose_prominence([[2, 6]], [d], tolerance=0, grid=(0.05, 0.5))
     assert prominence == 0.5 and best["f1"] == 1.0
+    assert choose_prominence([[2, 6]], [d], tolerance=0, grid=(0.6, 0.5))[0] == 0.5   # a tie: the smaller
 
 
 def test_periodic():

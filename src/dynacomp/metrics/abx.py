@@ -9,9 +9,10 @@ is closer to B than to A (half an error on a tie). Within speaker: A, B and X sh
 
 Distance: dynamic time warping over the frames of the two items with the angular distance
 ``arccos(cos) / pi`` per frame pair, the path cost divided by the sum of the two lengths. Error
-rates are averaged over the cells (context, speaker(s), phone A, phone B) of each ordered phone
-pair, then over phone pairs. Each (context, phone, speaker) group is capped at ``max_per_group``
-items (seeded sample) to bound the cost.
+rates are averaged as libri-light's evaluator (ZeroSpeech 2021) averages them: over the cells of
+one speaker (of A and B) and ordered phone pair (their contexts and, across speaker, X's
+speakers), then over speakers, then over phone pairs. Each (context, phone, speaker) group is
+capped at ``max_per_group`` items (seeded sample) to bound the cost.
 """
 
 from __future__ import annotations
@@ -76,7 +77,11 @@ def read_item_file(path: str | Path) -> list[Item]:
 
 def item_frames(features: np.ndarray, item: Item, frame_rate: float) -> np.ndarray:
     """The frames of ``features (T, D)`` whose centres ``(k + 0.5) / frame_rate`` fall inside the
-    item (at least the one nearest its middle): ``(n, D)``."""
+    item (at least the one nearest its middle): ``(n, D)``. An item past the features' end is an
+    error (features of another file, or at another frame rate), not a repeat of the last frame."""
+    if item.onset * frame_rate >= len(features):
+        raise ValueError(f"item {item.phone!r} at {item.onset:.3f} s is past the end of {item.file!r}'s "
+                         f"{len(features)} frames at {frame_rate:g} frames/s")
     first = max(0, int(np.ceil(item.onset * frame_rate - 0.5)))
     last = min(len(features), int(np.floor(item.offset * frame_rate - 0.5)) + 1)
     if last <= first:
@@ -107,8 +112,8 @@ def dtw_distances(sequences: Sequence[torch.Tensor], pairs: Sequence[tuple[int, 
     return out
 
 
-def _cells(items: Sequence[Item], mode: str) -> list[tuple[tuple[str, str], list[int], list[int], list[int]]]:
-    """``((phone_a, phone_b), A, B, X)`` index lists, one per cell of the ABX task."""
+def _cells(items: Sequence[Item], mode: str) -> list[tuple[tuple[str, str], str, list[int], list[int], list[int]]]:
+    """``((phone_a, phone_b), speaker of A and B, A, B, X)`` index lists, one per cell of the ABX task."""
     groups: dict[tuple, list[int]] = defaultdict(list)
     for index, item in enumerate(items):
         groups[(item.prev, item.next, item.speaker, item.phone)].append(index)
@@ -122,11 +127,11 @@ def _cells(items: Sequence[Item], mode: str) -> list[tuple[tuple[str, str], list
                 continue
             if mode == "within":
                 if len(table[(s_ab, a)]) >= 2:
-                    cells.append(((a, b), table[(s_ab, a)], table[(s_ab, b)], table[(s_ab, a)]))
+                    cells.append(((a, b), s_ab, table[(s_ab, a)], table[(s_ab, b)], table[(s_ab, a)]))
             else:
                 for (s_x, x_phone), xs in table.items():
                     if x_phone == a and s_x != s_ab:
-                        cells.append(((a, b), table[(s_ab, a)], table[(s_ab, b)], xs))
+                        cells.append(((a, b), s_ab, table[(s_ab, a)], table[(s_ab, b)], xs))
     return cells
 
 
@@ -146,16 +151,16 @@ def abx_error(features: Mapping[str, np.ndarray | torch.Tensor], items: Sequence
                                                         if len(members) > max_per_group else members)]
     cells = _cells(kept, mode)
     needed: dict[tuple[int, int], int] = {}
-    for _, A, B, X in cells:
+    for _, _, A, B, X in cells:
         for x in X:
             for other in itertools.chain(A, B):
                 if other != x:
                     needed.setdefault((other, x), len(needed))
     sequences = [torch.as_tensor(item_frames(np.asarray(features[i.file]), i, frame_rate)) for i in kept]
     distance = dtw_distances(sequences, list(needed))
-    per_pair: dict[tuple[str, str], list[float]] = defaultdict(list)
+    per_speaker: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     triplets = 0
-    for pair, A, B, X in cells:
+    for pair, speaker, A, B, X in cells:
         errors = []
         for a, b, x in itertools.product(A, B, X):
             if a == x:
@@ -163,8 +168,9 @@ def abx_error(features: Mapping[str, np.ndarray | torch.Tensor], items: Sequence
             d_ax, d_bx = distance[needed[(a, x)]], distance[needed[(b, x)]]
             errors.append(1.0 if d_ax > d_bx else 0.5 if d_ax == d_bx else 0.0)
         if errors:
-            per_pair[pair].append(float(np.mean(errors)))
+            per_speaker[pair][speaker].append(float(np.mean(errors)))
             triplets += len(errors)
-    error = float(np.mean([np.mean(v) for v in per_pair.values()])) if per_pair else float("nan")
-    return {"error": error, "cells": sum(len(v) for v in per_pair.values()), "triplets": triplets,
-            "phone_pairs": len(per_pair)}
+    per_pair = [np.mean([np.mean(cells) for cells in speakers.values()]) for speakers in per_speaker.values()]
+    return {"error": float(np.mean(per_pair)) if per_pair else float("nan"),
+            "cells": sum(len(cells) for speakers in per_speaker.values() for cells in speakers.values()),
+            "triplets": triplets, "phone_pairs": len(per_pair)}

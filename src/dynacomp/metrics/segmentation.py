@@ -12,6 +12,8 @@ hold one list per utterance; counts are summed over all utterances before any ra
 
 R-value (Räsänen et al. 2009): with over-segmentation ``OS = R / P - 1``,
 ``r1 = sqrt((1 - R)^2 + OS^2)``, ``r2 = (R - 1 - OS) / sqrt(2)``, ``R-value = 1 - (|r1| + |r2|) / 2``.
+Under lenient matching one reference may confirm several predictions, so ``R / P`` can miss
+over-segmentation (five predictions around one reference score 1); strict scores do not.
 
 ``peak_boundaries`` turns a per-frame dissimilarity into boundaries by peak picking
 (``scipy.signal.find_peaks`` on min-max normalised scores), and ``choose_prominence`` picks the
@@ -62,17 +64,20 @@ def _strict_hits(reference: np.ndarray, predicted: np.ndarray, tolerance: float)
 
 
 def scores_from_counts(n_reference: int, n_predicted: int, precision_hits: int, recall_hits: int) -> dict[str, float]:
-    """Precision, recall, F1, over-segmentation and R-value from pooled counts (0 where undefined)."""
+    """Precision, recall, F1, over-segmentation and R-value from pooled counts.
+
+    Without hits, ``R / P`` is undefined and OS is Räsänen's ``n_predicted / n_reference - 1`` (its
+    value under one-to-one matching), so a miss never scores above a partial hit. Without
+    references nothing can be scored: every value is 0."""
+    if not n_reference:
+        return {"precision": 0.0, "recall": 0.0, "f1": 0.0, "r_value": 0.0, "over_segmentation": 0.0}
     precision = precision_hits / n_predicted if n_predicted else 0.0
-    recall = recall_hits / n_reference if n_reference else 0.0
+    recall = recall_hits / n_reference
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    if precision > 0:
-        os_ = recall / precision - 1
-        r1 = math.sqrt((1 - recall) ** 2 + os_ ** 2)
-        r2 = (recall - 1 - os_) / math.sqrt(2)
-        r_value = 1 - (abs(r1) + abs(r2)) / 2
-    else:   # nothing predicted correctly: OS undefined (or -1); the worst case is conventional
-        os_, r_value = (-1.0 if n_predicted == 0 else math.inf), 0.0
+    os_ = recall / precision - 1 if precision else n_predicted / n_reference - 1
+    r1 = math.sqrt((1 - recall) ** 2 + os_ ** 2)
+    r2 = (recall - 1 - os_) / math.sqrt(2)
+    r_value = 1 - (abs(r1) + abs(r2)) / 2
     return {"precision": precision, "recall": recall, "f1": f1, "r_value": r_value, "over_segmentation": os_}
 
 
@@ -120,7 +125,7 @@ def choose_prominence(reference: Sequence[Sequence[int]], dissimilarities: Seque
                       frame_rate: float | None = None) -> tuple[float, dict[str, float]]:
     """The prominence in ``grid`` with the best pooled R-value (ties: the smaller), and its scores."""
     best: tuple[float, dict[str, float]] | None = None
-    for prominence in grid:
+    for prominence in sorted(grid):
         predicted = [peak_boundaries(d, prominence) for d in dissimilarities]
         result = score(reference, predicted, tolerance, strict, frame_rate)
         if best is None or result["r_value"] > best[1]["r_value"]:
