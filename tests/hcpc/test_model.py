@@ -56,6 +56,15 @@ def test_cpc_loss_by_hand():
     assert accuracy.item() == 1.0 and loss.item() == pytest.approx(2 * np.exp(-100 / 3), rel=1e-3)
 
 
+def test_cpc_accuracy_counts_the_positive_winning_below_even_odds():
+    z = torch.zeros(1, 2, 4)
+    z[0, 1, 0] = 1.0
+    pred = torch.zeros(1, 2, 1, 4)
+    pred[0, 0, 0, 0] = 8.0                                  # positive logit 8 / D = 2, negatives 0
+    loss, accuracy = cpc_loss(pred, z, torch.zeros(1, 2, 128, 4))
+    assert loss.item() > np.log(2) and accuracy.item() == 1.0   # p < 1/2, yet the positive is the argmax
+
+
 def test_neighbour_loss_mask_and_tie():
     targets = torch.ones(1, 4, 2)                       # every segment the same vector: a tie, log 2
     losses, valid = neighbour_cpc_loss(torch.randn(1, 4, 2, 2), targets, torch.tensor([3]))
@@ -65,7 +74,8 @@ def test_neighbour_loss_mask_and_tie():
 
 def test_min_width():
     closes = np.array([1, 1, 0, 1, 0, 0, 1, 0], dtype=np.float32)
-    assert enforce_min_width(closes, 3).tolist() == [0, 0, 0, 1, 0, 0, 1, 1]   # the last always closes
+    assert enforce_min_width(closes, 3).tolist() == [0, 0, 0, 1, 0, 0, 0, 1]   # the last always closes
+    assert enforce_min_width(closes, 1).tolist() == [1, 1, 0, 1, 0, 0, 1, 1]   # no segment too short
 
 
 def test_policy_gradient_learns_a_toy_pattern():

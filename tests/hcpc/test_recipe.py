@@ -1,13 +1,16 @@
 """The recipe end to end on a tiny fake speech set: train, resume, load, evaluate, segment, CLI."""
 
 import json
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import soundfile
 
 from dynacomp.cli import main
-from dynacomp.data.speech import write_segments
+from dynacomp.data.speech import Utterance, write_segments
+from dynacomp.hcpc import eval as hcpc_eval
 from dynacomp.hcpc.eval import EvalConfig, evaluate
 from dynacomp.hcpc.model import HCPCConfig
 from dynacomp.hcpc.recipe import RunConfig, load_run, train_run
@@ -66,3 +69,32 @@ def test_train_resume_evaluate_segment(speech, tmp_path):
     name = sorted(peaks)[0]
     logits = loaded.model.segment(read_any_audio(speech / "test" / name)).logits[:-1].numpy()
     assert peaks[name]["frames"] == peak_boundaries(logits, 0.0) and peaks[name]["frames"]
+
+
+def test_peak_prominence_comes_from_validation_and_tolerance_from_seconds(monkeypatch):
+    """Two references (frames 10 and 20); the curves peak at 9 (boundary 10) and 20 (boundary 21,
+    one frame late, inside 20 ms) and have one spurious peak, of prominence 0.05 on validation and
+    0.10 on test. Validation's best prominence, 0.06, keeps test's spurious peak; chosen on test
+    it would be 0.11, with a perfect score."""
+    def curve(spurious: float) -> np.ndarray:
+        c = np.zeros(49)
+        c[[9, 20, 35]] = 1.0, 1.0, spurious
+        return c
+
+    curves = {"validation": curve(0.05), "test": curve(0.10)}
+    monkeypatch.setattr(hcpc_eval, "segment_all", lambda model, utterances, desc="":
+                        [SimpleNamespace(z=curves[u.id]) for u in utterances])
+    monkeypatch.setattr(hcpc_eval, "dissimilarity", lambda z: z)
+    phones = [(0, 1600, "a"), (1600, 3200, "b"), (3200, 8000, "c")]
+    validation, test = ([Utterance(name, "s", Path(name), 16000, phones)] for name in ("validation", "test"))
+    model = SimpleNamespace(config=SimpleNamespace(hierarchical=False))
+    results, _ = hcpc_eval.segmentation_scores(model, validation, test, period=10.0, tolerance=0.02)
+    for mode in ("strict", "lenient"):
+        peaks = results["peaks"][mode]
+        assert peaks["prominence"] == 0.06
+        assert peaks["recall"] == 1.0 and peaks["precision"] == pytest.approx(2 / 3)
+
+
+def test_eval_refuses_to_score_the_split_that_chooses_prominences():
+    with pytest.raises(ValueError, match="validation split chooses"):
+        EvalConfig(split="validation")

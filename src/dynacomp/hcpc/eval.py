@@ -41,6 +41,10 @@ class EvalConfig:
     probe_utterances: int = field(50, help="training utterances of the probe")
     probe_steps: int = field(200, help="full-batch steps of the probe")
 
+    def __post_init__(self) -> None:
+        if self.split == "validation":
+            raise ValueError("the validation split chooses the peak prominences; score another split (test)")
+
 
 def segment_all(model: HCPC, utterances: Sequence[Utterance], desc: str = "segment") -> list[Segmentation]:
     return [model.segment(read_audio(u)) for u in progress(utterances, desc=desc)]

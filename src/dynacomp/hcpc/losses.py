@@ -27,12 +27,12 @@ def frame_negatives(z: torch.Tensor, num: int, generator: torch.Generator | None
 
 
 def _info_nce(pred: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
-    """Log-probability of the positive: ``pred (..., D)``, ``positive (..., D)``,
-    ``negatives (..., N, D)`` -> ``(...)``."""
+    """Log-probabilities of the positive (index 0) and the negatives: ``pred (..., D)``,
+    ``positive (..., D)``, ``negatives (..., N, D)`` -> ``(..., 1 + N)``."""
     D = pred.shape[-1]
     pos = (pred * positive).sum(-1, keepdim=True)
     neg = torch.einsum("...d,...nd->...n", pred, negatives)
-    return F.log_softmax(torch.cat([pos, neg], -1) / D, -1)[..., 0]
+    return F.log_softmax(torch.cat([pos, neg], -1) / D, -1)
 
 
 def cpc_loss(predictions: torch.Tensor, z: torch.Tensor, negatives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,9 +43,9 @@ def cpc_loss(predictions: torch.Tensor, z: torch.Tensor, negatives: torch.Tensor
     T, K = z.shape[1], predictions.shape[2]
     for k in range(1, K + 1):
         pred = predictions[:, :T - k, k - 1]
-        log_p = _info_nce(pred, z[:, k:], negatives[:, k:])
-        losses.append(-log_p.flatten())
-        correct.append((log_p > -0.6931471805599453).flatten())   # p > 1/2: the positive wins
+        log_probs = _info_nce(pred, z[:, k:], negatives[:, k:])
+        losses.append(-log_probs[..., 0].flatten())
+        correct.append((log_probs.argmax(-1) == 0).flatten())
     return torch.cat(losses).mean(), torch.cat(correct).float().mean()
 
 
@@ -59,9 +59,10 @@ def aligned_cpc_loss(predictions: torch.Tensor, z: torch.Tensor, negatives: torc
         raise ValueError(f"need M={M} <= K={window} < T={T}")
     contexts = T - window
     pred = predictions[:, :contexts]                                               # (B, C, M, D)
-    log_p = torch.stack([_info_nce(pred, z[:, j:j + contexts, None].expand_as(pred),
-                                   negatives[:, j:j + contexts, None].expand(B, contexts, M, *negatives.shape[2:]))
-                         for j in range(1, window + 1)], dim=-1)                   # (B, C, M, K)
+    log_p = torch.stack([
+        _info_nce(pred, z[:, j:j + contexts, None].expand_as(pred),
+                  negatives[:, j:j + contexts, None].expand(B, contexts, M, *negatives.shape[2:]))[..., 0]
+        for j in range(1, window + 1)], dim=-1)                                    # (B, C, M, K)
     alpha = torch.full((B, contexts, M), -torch.inf, device=z.device, dtype=log_p.dtype)
     alpha[..., 0] = log_p[..., 0, 0]
     for j in range(1, window):

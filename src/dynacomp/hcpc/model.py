@@ -161,11 +161,11 @@ class Segmentation:
 
 
 def enforce_min_width(closes: np.ndarray, min_width: int) -> np.ndarray:
-    """Drop closing decisions that would end a segment shorter than ``min_width`` frames (the last
-    frame always closes). ``closes (T,)`` 0/1."""
+    """Drop closing decisions that would end a segment shorter than ``min_width`` frames or leave
+    one that short at the end (the last frame always closes). ``closes (T,)`` 0/1."""
     out, last = np.zeros_like(closes), -1
-    for t in np.flatnonzero(closes):
-        if t - last >= min_width:
+    for t in np.flatnonzero(closes[:-1]):
+        if t - last >= min_width and len(closes) - 1 - t >= min_width:
             out[t], last = 1, t
     out[-1] = 1
     return out
