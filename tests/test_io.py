@@ -1,8 +1,10 @@
-"""dynacomp.io: figures are written whole or not at all."""
+"""dynacomp.io: figures are written whole or not at all; JSON is strict."""
+
+import json
 
 import pytest
 
-from dynacomp.io import figure
+from dynacomp.io import figure, write_json
 
 
 def test_figure_writes_the_format_its_suffix_names(tmp_path):
@@ -20,3 +22,10 @@ def test_a_failed_figure_leaves_the_old_file_and_no_debris(tmp_path):
         raise RuntimeError("drawing failed")
     assert path.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plot.png"]
+
+
+def test_json_is_strict_undefined_numbers_are_null(tmp_path):
+    write_json(tmp_path / "x.json", {"error": float("nan"), "os": [float("inf"), 1.5], "path": tmp_path})
+    text = (tmp_path / "x.json").read_text()
+    assert json.loads(text) == {"error": None, "os": [None, 1.5], "path": str(tmp_path)}
+    assert "NaN" not in text and "Infinity" not in text

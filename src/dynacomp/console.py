@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
+
+from dynacomp.io import json_text
 
 T = TypeVar("T")
 
@@ -21,7 +22,7 @@ def add_json_flag(parser: argparse.ArgumentParser) -> None:
 def emit(result: Any, as_json: bool, render: Callable[[Any], str] | None = None) -> None:
     """Print ``result``: JSON when asked (for scripts), else ``render(result)`` or a key: value list."""
     if as_json:
-        print(json.dumps(result, indent=2, default=str))
+        print(json_text(result))
     elif render is not None:
         print(render(result))
     else:
