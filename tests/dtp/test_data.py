@@ -61,9 +61,24 @@ def test_evaluate_one_window_is_the_plain_cross_entropy():
     expected = torch.nn.functional.cross_entropy(logits, ids[1:]).item() / math.log(2)
     assert result["bpc"] == pytest.approx(expected, rel=1e-5)
     assert result["chars"] == 40 and result["shortening_factor"] == pytest.approx(40 / 13)
-    strided = evaluate(model, random_ids(1, 201, seed=9)[0], window=40, stride=10, batch_size=3)
-    assert strided["chars"] == 200 and math.isfinite(strided["bpc"])
     assert evaluate(tiny_model("none"), ids, 40, 10)["shortening_factor"] == 1.0
+    short = evaluate(model, ids[:21], window=512, stride=128)      # shorter than the stride: one window
+    assert short["chars"] == 20
+
+
+def test_strided_evaluation_is_the_loop_over_windows():
+    """205 predictions, windows of 40 every 10: starts 0..160 then 165 (aligned to the end); the
+    first window scores all 40, the others the predictions no window scored before."""
+    model = tiny_model("fixed").eval()
+    ids = random_ids(1, 206, seed=9)[0]
+    nll = 0.0
+    with torch.no_grad():
+        for start, first in [(0, 0)] + [(s, 30) for s in range(10, 161, 10)] + [(165, 35)]:
+            logits = model(ids[None, start:start + 40]).logits[0]
+            nll += torch.nn.functional.cross_entropy(logits[first:], ids[start + first + 1:start + 41],
+                                                     reduction="sum").item()
+    strided = evaluate(model, ids, window=40, stride=10, batch_size=3)
+    assert strided["chars"] == 205 and strided["bpc"] == pytest.approx(nll / 205 / math.log(2), rel=1e-5)
 
 
 def test_embedded_corpora_are_cleaned_per_language():

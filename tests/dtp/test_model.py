@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from dynacomp.dtp import SOURCES, DTPConfig, generate
-from dynacomp.dtp.sources import UnigramBoundaries
+from dynacomp.dtp.sources import EntropyBoundaries, UnigramBoundaries
 from tests.dtp.tiny import VOCAB, random_ids, tiny_model
 
 
@@ -94,6 +94,17 @@ def test_supervised_loss_takes_logits_once_through_the_sigmoid():
     expected = -(targets * p.log() + (1 - targets) * (1 - p).log()).mean()
     loss = UnigramBoundaries(DTPConfig(d_model=8, n_heads=1, d_ff=8)).aux_loss(logits, None, logits, targets)
     torch.testing.assert_close(loss, expected)
+
+
+def test_entropy_targets_are_the_spikes_of_the_lm_entropy():
+    lm_logits = torch.full((1, 5, 8), -1e4)
+    lm_logits[0, :, 0] = 0.0
+    lm_logits[0, [1, 4]] = 0.0                       # entropies 0, log 8, 0, 0, log 8
+    spikes = torch.tensor([[1.0, 1.0, 0.0, 0.0, 1.0]])   # above both predecessors (k = 2); position 0 always
+    predictor_logits = torch.tensor([[0.5, -1.0, 2.0, 0.0, 1.0]])
+    loss = EntropyBoundaries(DTPConfig(d_model=8, n_heads=1, d_ff=8, entropy_k=2)).aux_loss(
+        predictor_logits, None, lm_logits, None)
+    torch.testing.assert_close(loss, F.binary_cross_entropy_with_logits(predictor_logits, spikes))
 
 
 @pytest.mark.parametrize("source", ["unigram", "entropy", "gumbel"])

@@ -5,6 +5,7 @@ import torch
 from dynacomp.cli import main
 from dynacomp.dtp import DTPConfig, RunConfig, evaluate, generate, load_run, train_run
 from dynacomp.dtp.data import CharData
+from dynacomp.dtp.recipe import DTPTask
 from dynacomp.train import TrainConfig
 
 TINY = dict(n_pre=1, n_mid=1, n_post=1, d_model=16, n_heads=2, d_ff=32)
@@ -29,6 +30,12 @@ def test_train_unigram_then_load_evaluate_and_sample(tmp_path, monkeypatch):
     scores = evaluate(loaded.model, data.splits["test"], window=32, stride=8)
     assert scores["chars"] == 599 and 0 < scores["bpc"] < 6
     assert generate(loaded.model, data.splits["test"][None, :4], 10).shape == (1, 14)
+
+    # A character's Unigram target is the one at its own position (not its successor's).
+    task = DTPTask(loaded.config, run, data)
+    task.targets = torch.arange(len(task.stream))
+    batch = task.batch(0, 0, 0, 1)
+    assert torch.equal(task.stream[batch["boundary_targets"]], batch["ids"])
 
 
 def test_cli_train_eval_sample_plot(tmp_path, capsys):

@@ -9,7 +9,6 @@ from dynacomp.config import field
 
 Source = Literal["none", "fixed", "whitespace", "unigram", "entropy", "gumbel"]
 SOURCES: tuple[str, ...] = ("none", "fixed", "whitespace", "unigram", "entropy", "gumbel")
-PREDICTED: tuple[str, ...] = ("unigram", "entropy", "gumbel")  # sources with a boundary predictor
 
 
 @dataclass

@@ -95,8 +95,12 @@ def load_data(name: str) -> CharData:
     return CharData(vocab, language, splits)
 
 
-def _key(name: str, vocab_size: int) -> str:
-    return hashlib.sha256(f"{name}|{vocab_size}".encode()).hexdigest()[:16]
+def _unigram_key(data: CharData, vocab_size: int) -> str:
+    """The training text itself and the vocabulary size: cached targets never outlive a change of
+    corpus or cleaning, and never serve another corpus of the same name."""
+    digest = hashlib.sha256(f"{vocab_size}|{data.vocab}|".encode())
+    digest.update(data.splits["train"].numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def train_unigram(text: str, vocab_size: int) -> bytes:
@@ -133,11 +137,11 @@ def unigram_targets(text: str, model: bytes) -> np.ndarray:
     return targets
 
 
-def load_unigram_targets(name: str, data: CharData, vocab_size: int = 0) -> torch.Tensor:
-    """Unigram targets ``(N,)`` uint8 for the training split of ``name``, cached; ``vocab_size`` 0:
+def load_unigram_targets(data: CharData, vocab_size: int = 0) -> torch.Tensor:
+    """Unigram targets ``(N,)`` uint8 for the training split of ``data``, cached; ``vocab_size`` 0:
     the paper's size for the language (10k English and Vietnamese, 200 Finnish and Hebrew)."""
     vocab_size = vocab_size or UNIGRAM_VOCAB.get(data.language, 10000)
-    path = cache_dir("dtp", "unigram") / f"{_key(name, vocab_size)}.npy"
+    path = cache_dir("dtp", "unigram") / f"{_unigram_key(data, vocab_size)}.npy"
     if not path.exists():
         text = data.decode(data.splits["train"])
         model = train_unigram(text, vocab_size)

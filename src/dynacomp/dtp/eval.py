@@ -2,8 +2,10 @@
 
 The text is read in windows of ``window`` characters every ``stride``; the first window scores all
 its predictions, every later one only its last ``stride`` (those not scored before), so each
-character is predicted once with at least ``window - stride`` characters of context. A last
-window aligned to the end scores what remains. The shortening factor is the scored characters
+character is predicted once, and after the first window with at least ``window - stride``
+characters of context. A last window aligned to the end scores what remains: the paper's
+protocol scores every character (``dynacomp.metrics.perplexity`` instead drops a tail that fills
+no window, so that differently cached LMs score the same tokens). The shortening factor is the scored characters
 divided by the boundaries among them (1 for the vanilla model; with no boundary at all it is
 reported as the character count).
 """
@@ -39,17 +41,17 @@ def evaluate(model: HourglassLM, ids: torch.Tensor, window: int, stride: int, ba
     n = len(ids) - 1
     window = min(window, n)
     model.eval()
-    windows = eval_windows(n, window, stride)
-    nll = torch.zeros((), dtype=torch.float64)
-    chars = groups = 0
+    windows = eval_windows(n, window, min(stride, window))
+    device = next(model.parameters()).device
+    nll, chars, groups = 0.0, 0, 0
     for i in progress(range(0, len(windows), batch_size), desc="eval", unit="batch"):
         chunk = windows[i:i + batch_size]
         index = torch.tensor([s for s, _ in chunk])[:, None] + torch.arange(window + 1)
-        text = ids[index]
+        text = ids[index].to(device)
         out = model(text[:, :-1])
         for row, (_, first) in enumerate(chunk):
-            nll += sum_nll(out.logits[row, first:], text[row, first + 1:]).double()
+            nll += float(sum_nll(out.logits[row, first:], text[row, first + 1:]))
             chars += window - first
             groups += int(out.boundaries[row, first:].sum()) if out.boundaries is not None else window - first
-    return {"bpc": bits_per_character(nll.item(), chars), "shortening_factor": chars / max(groups, 1),
+    return {"bpc": bits_per_character(nll, chars), "shortening_factor": chars / max(groups, 1),
             "chars": chars, "groups": groups}

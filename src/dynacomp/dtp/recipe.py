@@ -34,7 +34,7 @@ class RunConfig:
     unigram_vocab: int = field(0, help="unigram source: SentencePiece vocabulary size (0: the paper's, "
                                "10k for English and Vietnamese, 200 for Finnish and Hebrew)")
     eval_stride: int = field(128, help="evaluation: windows of seq_len characters every eval_stride, each "
-                             "scoring its last eval_stride (paper: 2048 / 512)")
+                             "after the first scoring its last eval_stride (paper: 2048 / 512)")
 
     def __post_init__(self) -> None:
         if not 0 < self.eval_stride <= self.seq_len:
@@ -49,7 +49,7 @@ class DTPTask:
         self.config, self.run, self.seed = config, run, seed
         self.model = HourglassLM(config)
         self.stream = data.splits["train"]
-        self.targets = (load_unigram_targets(run.data, data, run.unigram_vocab)
+        self.targets = (load_unigram_targets(data, run.unigram_vocab)
                         if config.boundaries == "unigram" else None)
         self.tokens_per_step = run.batch_size * run.seq_len * grad_accum
 
