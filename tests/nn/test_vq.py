@@ -187,3 +187,23 @@ def test_param_groups_and_config():
     assert same.codebook.shape == (16, 4) and same(torch.randn(2, 8))[0].shape == (2, 8)
     with pytest.raises(ValueError, match="update"):
         VectorQuantizer(8, 16, update="kmeans")
+
+
+@pytest.mark.parametrize("update", ["gradient", "ema"])
+def test_bf16_autocast_quantises_in_the_codebook_dtype(update):
+    """Through the warm-up and a re-estimation under autocast (a bf16 projection feeds it), with
+    the codes the fp32 quantiser picks."""
+    torch.manual_seed(0)
+    vq = VectorQuantizer(16, 32, codebook_dim=4, update=update, bypass_steps=2, reestimate_every=2,
+                         reservoir_size=64, kmeans_iters=2)
+    x = torch.randn(2, 50, 16)
+    for step in range(4):
+        vq.on_step_start(step)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            quantized, indices, loss = vq(x)
+    assert quantized.dtype == torch.float32 and bool((indices >= 0).all()) and torch.isfinite(loss)
+    vq.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = vq(x)[1]
+    with torch.no_grad():
+        assert torch.equal(under_autocast, vq(x)[1])

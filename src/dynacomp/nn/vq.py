@@ -120,6 +120,12 @@ class VectorQuantizer(nn.Module):
         projected, during the warm-up bypass), ``indices (...)`` long (-1 on padding and in the
         bypass) and the scalar loss (commitment, plus the codebook term in gradient mode).
         """
+        # Under bf16 autocast, distances in bf16 pick a code that is not the nearest for ~1 % of
+        # vectors, and the reservoir and statistics must keep the codebook's dtype: quantise in it.
+        with torch.autocast(x.device.type, enabled=False):
+            return self._quantize(x.to(self.codebook.dtype), mask)
+
+    def _quantize(self, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         lead = x.shape[:-1]
         flat = x.reshape(-1, self.dim)
         valid = None if mask is None else mask.reshape(-1).to(torch.bool)
@@ -205,7 +211,8 @@ class VectorQuantizer(nn.Module):
         vectors = state["vectors"]
         if len(vectors):
             device = self.codebook.device
-            self._reservoir = torch.empty(self.config.reservoir_size, vectors.shape[1], device=device)
+            self._reservoir = torch.empty(self.config.reservoir_size, vectors.shape[1], device=device,
+                                          dtype=self.codebook.dtype)
             self._reservoir[:len(vectors)] = vectors.to(device)
             self._filled = len(vectors)
         self._seen = state["seen"]
