@@ -110,6 +110,13 @@ def test_bf16_autocast_and_grad_accum(tmp_path):
     assert result.step == 4 and math.isfinite(result.metrics["loss"]) and result.metrics["grad_norm"] > 0
 
 
+def test_a_task_refuses_a_strategy_it_cannot_train_under(tmp_path):
+    task = toy.ToyTask()
+    task.strategies = ("single", "ddp")
+    with pytest.raises(ValueError, match="ToyTask trains under strategy single or ddp, not fsdp"):
+        train(task, small(steps=1, strategy="fsdp"), tmp_path)
+
+
 def test_tensorboard_without_package_says_how_to_install(tmp_path):
     if importlib.util.find_spec("tensorboard") is not None:
         train(toy.ToyTask(), small(steps=2, tensorboard=True), tmp_path)

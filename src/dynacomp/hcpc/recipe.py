@@ -42,6 +42,9 @@ def load_split_audio(data: Path, split: str) -> tuple[list[Utterance], list[torc
 class HCPCTask:
     """Random windows of the training utterances (one utterance per window); loss from the model."""
 
+    # The quantiser re-estimates its whole codebook on rank 0 and broadcasts it: not FSDP shards.
+    strategies = ("single", "ddp")
+
     def __init__(self, config: HCPCConfig, run: RunConfig, audio: list[torch.Tensor], seed: int = 0) -> None:
         seed_everything(seed)   # the same initial weights on every rank
         self.model = HCPC(config)

@@ -30,7 +30,8 @@ from dynacomp.console import progress
 from dynacomp.io import write_text
 from dynacomp.train import checkpoint as ckpt
 from dynacomp.train.distributed import (
-    all_mean, barrier, broadcast_from_main, gather_to_main, setup, unwrap, wrap_model,
+    all_mean, barrier, broadcast_from_main, gather_to_main, resolve_strategy, setup, unwrap, wrap_model,
+    world_info,
 )
 from dynacomp.train.schedule import lr_at
 
@@ -81,6 +82,8 @@ class TrainTask(Protocol):
       (e.g. transformer blocks); the root is always sharded last. Default: the root only.
     - ``tokens_per_step: int``: global tokens per optimizer step, to log ``tokens_per_s``.
     - ``find_unused_parameters: bool``: passed to DDP for models that skip parameters.
+    - ``strategies: tuple[str, ...]``: the strategies the task can train under (default: all),
+      e.g. ``("single", "ddp")`` for a model that needs whole parameters on every rank.
     """
 
     model: nn.Module
@@ -276,6 +279,10 @@ def train(task: TrainTask, config: TrainConfig, out_dir: str | Path, *, resume: 
     """
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
+    requested = resolve_strategy(config.strategy, world_info()[1])
+    allowed = getattr(task, "strategies", (requested,))
+    if requested not in allowed:   # before any process group starts
+        raise ValueError(f"{type(task).__name__} trains under strategy {' or '.join(allowed)}, not {requested}")
     strategy, rank, world_size, device = setup(config.strategy)
     ckpt.seed_everything(config.seed + rank)
     module = task.model

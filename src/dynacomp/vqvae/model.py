@@ -21,7 +21,7 @@ class VQVAEConfig:
     layers: int = field(3, help="convolutions (kernel 3) in the encoder and in the decoder")
     latent_dim: int = field(64, help="size of the vectors the quantiser sees")
     crop_frames: int = field(128, help="frames in each training crop")
-    batch_size: int = field(16, help="crops per optimiser step (over all ranks)")
+    batch_size: int = field(16, help="crops per micro-batch, over all ranks (a step takes --grad-accum of them)")
 
 
 class ConvStack(nn.Module):

@@ -41,11 +41,15 @@ class VQVAETask:
     """Random crops of the training utterances (each frame equally likely to be in a crop),
     the masked reconstruction MSE plus the quantiser's loss, and the quantiser's schedule."""
 
-    def __init__(self, model: VQVAE, frames: SpeechFrames, config: VQVAEConfig, seed: int = 0) -> None:
+    # The quantiser re-estimates its whole codebook on rank 0 and broadcasts it: not FSDP shards.
+    strategies = ("single", "ddp")
+
+    def __init__(self, model: VQVAE, frames: SpeechFrames, config: VQVAEConfig, seed: int = 0,
+                 grad_accum: int = 1) -> None:
         self.model, self.config, self.seed = model, config, seed
         self.features = frames.features
         self.lengths = torch.tensor([len(f) for f in self.features])
-        self.tokens_per_step = config.batch_size * config.crop_frames
+        self.tokens_per_step = config.batch_size * config.crop_frames * grad_accum
         vq = model.vq
         # DDP must not wait for the codebook's gradient while the warm-up bypasses it.
         self.find_unused_parameters = isinstance(vq, VectorQuantizer) and vq.config.bypass_steps > 0
@@ -104,7 +108,7 @@ def train_vqvae(data: str | Path, out: str | Path, model_config: VQVAEConfig, vq
     mean, std = frames.stats()
     seed_everything(train_config.seed)   # the same initial model on every rank
     model = VQVAE(model_config, vq_config, quantizer)
-    task = VQVAETask(model, frames.normalized(mean, std), model_config, train_config.seed)
+    task = VQVAETask(model, frames.normalized(mean, std), model_config, train_config.seed, train_config.grad_accum)
     if is_main_process():
         write_json(out / RUN_FILE, {"data": str(Path(data).resolve()), "model": to_dict(model_config),
                                     "vq": to_dict(vq_config) if quantizer is None else None,
