@@ -12,7 +12,9 @@ def test_measure_reports_throughput_and_memory(method, smollm2):
     dense = 2 * 30 * 3 * (64 + 1 + 3) * 64 * 4 * 2
     if method == "dmc":
         assert row["cr"] == pytest.approx(4.0, abs=0.3)
-        assert row["kv_bytes"] < dense / 3
+        # per (sequence, layer, KV head): 17 slots in five pages of 4, and an open run of 11
+        # entries of K and V (512 bytes) with an fp32 weight each
+        assert row["kv_bytes"] == 2 * 30 * 3 * (5 * 4 * 512 + 11 * (512 + 4))
     else:
         assert row["kv_bytes"] == dense
 
@@ -22,5 +24,22 @@ def test_paired_measurement_takes_dense_and_dmc_steps_in_turn(smollm2):
     paired = measure_paired([1.0, 4.0], config)
     assert paired["vanilla"]["steps"] == 3 and [r["steps"] for r in paired["dmc"]] == [3, 3]
     assert [r["cr"] for r in paired["dmc"]] == [1.0, pytest.approx(4.0, abs=0.3)]
-    assert paired["dmc"][1]["kv_bytes"] < paired["vanilla"]["kv_bytes"] / 3
+    assert paired["dmc"][1]["kv_bytes"] < paired["vanilla"]["kv_bytes"] / 2   # open runs weigh at 68 tokens
     assert all(r["speedup_vs_vanilla"] > 0 for r in paired["dmc"])
+
+
+def test_max_batch_runs_the_configured_ratio_and_shrinks_until_the_cache_fits(monkeypatch):
+    from dynacomp.dmc import bench
+
+    calls = []
+
+    def fake_worker(method, cr, config):
+        calls.append((method, cr, config.batch))
+        # pools grow in steps: from 10 sequences on, the cache takes two more sequences' room
+        return {"kv_bytes": 100 * (config.batch + 2 * (config.batch >= 10)), "tokens_per_s": float(config.batch)}
+
+    monkeypatch.setattr(bench, "measure_in_worker", fake_worker)
+    rows = [{"cr": 3.97, "kv_bytes_per_sequence": 100.0}, {"cr": 1.0, "kv_bytes_per_sequence": 100.0}]
+    out = bench.max_batch(BenchConfig(kv_budget_gb=1100 / 2**30), [("dmc", 4.0), ("hf_generate", 1.0)], rows)
+    assert calls == [("dmc", 4.0, 11), ("dmc", 4.0, 9)]       # 11 measured 1,300 bytes: shrunk to 9
+    assert out == [{"method": "dmc", "cr": 3.97, "max_batch": 9, "tokens_per_s": 9.0, "kv_bytes": 900}]

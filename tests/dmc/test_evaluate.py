@@ -29,6 +29,12 @@ def teacher_forced_perplexity(model, windows):
     return math.exp(float(nll))
 
 
+def dmc_memory_ratio(slots: int) -> float:
+    """The memory ratio of a DMC row after 24 tokens in ``slots`` slots of 2 x 16 fp32 numbers
+    (128 bytes): it also holds its open run, window - 1 = 11 such entries with an fp32 weight each."""
+    return 24 * 128 / (slots * 128 + 11 * (128 + 4))
+
+
 @pytest.fixture(scope="module")
 def model_and_ids():
     model = tiny_model()
@@ -52,7 +58,7 @@ def test_every_method_at_ratio_one_is_vanilla(model_and_ids, method):
     options = EvalOptions(batch_size=3, prefix=3, quant_group=4, quant_residual=32)   # nothing gets quantised
     result = perplexity_online(model, ids, method, 1, 24, options)
     assert result["perplexity"] == pytest.approx(vanilla["perplexity"], rel=1e-4)
-    assert result["ratio"] == 1.0
+    assert result["ratio"] == pytest.approx(1.0 if method != "dmc_forced" else dmc_memory_ratio(24))
     assert model.config._attn_implementation == "sdpa" and not hasattr(model, "dmc_config")
 
 
@@ -62,8 +68,17 @@ def test_compression_costs_perplexity_at_the_reported_ratio(model_and_ids, metho
     vanilla = perplexity_online(model, ids, "vanilla", 1, 24)["perplexity"]
     result = perplexity_online(model, ids, method, 4, 24, EvalOptions(chunk=2, quant_group=4, quant_residual=4))
     assert result["perplexity"] != pytest.approx(vanilla, rel=1e-4)
-    expected = {"int4": 16 / (4 + 2 * 16 / 4), "dmc_forced": 4.0}.get(method, 24 / 6)
+    expected = {"int4": 16 / (4 + 2 * 16 / 4), "dmc_forced": dmc_memory_ratio(6)}.get(method, 24 / 6)
     assert result["ratio"] == pytest.approx(expected, rel=0.05)
+
+
+def test_a_quantised_cache_is_measured_at_its_fullest(model_and_ids):
+    """int4 in groups of 4 (12 bits a number with scale and zero point), residual 8: just before
+    its third packing, at 23 tokens, it holds 16 packed tokens (12 tokens' worth) and 7 full ones;
+    at 24, just packed, it would claim 16 / 12."""
+    model, ids = model_and_ids
+    result = perplexity_online(model, ids, "int4", 4, 24, EvalOptions(quant_group=4, quant_residual=8))
+    assert result["ratio"] == pytest.approx(24 / (16 * 12 / 16 + 7))
 
 
 def test_dmc_methods_check_the_model(model_and_ids):

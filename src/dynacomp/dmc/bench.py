@@ -82,9 +82,11 @@ class _AttentionTimer:
 
 
 def _kv_bytes(cache) -> int:
-    """Bytes the cache holds (a static cache: what it allocated for the whole run)."""
+    """Bytes the cache holds: a static cache's allocation for the whole run; a DMC cache's page
+    pools as reserved (they grow ahead of use) and its open runs."""
     if hasattr(cache, "stats"):
-        return cache.stats()["bytes_allocated"]
+        stats = cache.stats()
+        return stats["bytes_reserved"] + stats["open_run_bytes"]
     return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values)
                if t is not None)
 
@@ -240,24 +242,32 @@ def run(config: BenchConfig, progress=None) -> dict:
                 row[f"speedup_vs_{reference}"] = row["tokens_per_s"] / base[reference]["tokens_per_s"]
     result = {"config": asdict(config), "rows": rows}
     if config.kv_budget_gb > 0:
-        result["max_batch"] = max_batch(config, rows)
+        result["max_batch"] = max_batch(config, jobs, rows)
     return result
 
 
-def max_batch(config: BenchConfig, rows: list[dict]) -> list[dict]:
-    """Each method's largest batch whose KV cache fits the budget, and its throughput there."""
+def max_batch(config: BenchConfig, jobs: list[tuple[str, float]], rows: list[dict]) -> list[dict]:
+    """Each method's largest batch whose KV cache fits the budget, and its throughput there.
+
+    ``jobs``: the (method, configured ratio) of each of ``rows``. The first guess scales the
+    measured bytes per sequence; a batch whose measured cache overshoots the budget (pools grow in
+    steps) is shrunk in proportion and measured again."""
     budget = config.kv_budget_gb * 2**30
     out = []
-    for row in rows:
-        if row["method"] == "hf_generate":
+    for (method, cr), row in zip(jobs, rows):
+        if method == "hf_generate":
             continue
-        # KV grows with the tokens held; the measured run held context + new_tokens per sequence.
         batch = int(budget // row["kv_bytes_per_sequence"])
+        measured = None
+        while batch >= 1:
+            measured = measure_in_worker(method, cr, replace(config, batch=batch))
+            if measured["kv_bytes"] <= budget:
+                break
+            batch = min(batch - 1, int(batch * budget / measured["kv_bytes"]))
         if batch < 1:
-            out.append({"method": row["method"], "cr": row["cr"], "max_batch": 0})
+            out.append({"method": method, "cr": row["cr"], "max_batch": 0})
             continue
-        measured = measure_in_worker(row["method"], row["cr"], replace(config, batch=batch))
-        out.append({"method": row["method"], "cr": row["cr"], "max_batch": batch,
+        out.append({"method": method, "cr": row["cr"], "max_batch": batch,
                     "tokens_per_s": measured["tokens_per_s"], "kv_bytes": measured["kv_bytes"]})
     return out
 

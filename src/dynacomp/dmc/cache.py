@@ -286,26 +286,37 @@ class DMCCache(Cache):
         self.finished[sequences.to(self.finished.device)] = True
 
     def stats(self) -> dict:
-        """Tokens, slots, compression ratio (tokens / slots), bytes, and per-layer-per-head ratios."""
+        """Tokens, slots, compression ratio (tokens / slots, the paper's), bytes, per-layer-per-head ratios.
+
+        ``memory_ratio`` is what equal-memory comparisons use: the bytes a dense cache would hold
+        for these tokens over the bytes of the stored slots plus the open runs (``open_run_bytes``,
+        a fixed ``window - 1`` entries per row that the slot count leaves out). ``bytes_reserved``
+        is the pools' physical size (they grow ahead of use), ``bytes_allocated`` the pages in use.
+        """
         layers = [layer for layer in self.layers if layer.is_initialized]
         if not layers:
-            return {"tokens": 0, "slots": 0, "compression_ratio": 1.0, "bytes_allocated": 0,
-                    "bytes_reserved": 0, "pages": 0, "per_layer_head": []}
+            return {"tokens": 0, "slots": 0, "compression_ratio": 1.0, "memory_ratio": 1.0, "bytes_allocated": 0,
+                    "bytes_reserved": 0, "open_run_bytes": 0, "pages": 0, "per_layer_head": []}
         batch = self.tokens.numel()
         slots = torch.stack([layer.slots.view(batch, -1) for layer in layers])     # (layers, B, H)
         tokens = int(self.tokens.sum())
         heads = slots.shape[-1]
         per_head = (tokens / slots.sum(1).clamp_min(1).double()).tolist()
         total_slots = int(slots.sum())
+        slot_bytes = layers[0].bytes_per_slot()
+        open_run_bytes = sum(t.numel() * t.element_size() for layer in layers for t in (layer.run.kv, layer.run.omega))
+        dense_bytes = tokens * len(layers) * heads * slot_bytes
         return {
             "tokens": tokens,
             "slots": total_slots,
             "compression_ratio": tokens * len(layers) * heads / max(total_slots, 1),
+            "memory_ratio": dense_bytes / max(total_slots * slot_bytes + open_run_bytes, 1),
+            "open_run_bytes": open_run_bytes,
             "bytes_allocated": sum(layer.pages_in_use() * layer.page_size * layer.bytes_per_slot()
                                    for layer in layers),
             "bytes_reserved": sum(layer.k_pool.shape[0] * layer.page_size * layer.bytes_per_slot()
                                   for layer in layers),
-            "bytes_per_slot": layers[0].bytes_per_slot(),
+            "bytes_per_slot": slot_bytes,
             "pages": sum(layer.pages_in_use() for layer in layers),
             "page_size": layers[0].page_size,
             "per_layer_head": per_head,

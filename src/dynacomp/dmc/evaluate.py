@@ -16,9 +16,13 @@ prefix of ``prefix`` tokens, then ``chunk`` tokens per forward (1: exactly token
 For vanilla and DMC one forward over many tokens gives exactly the logits of feeding them one by
 one (DMC's prefill is exact; tested in tests/dmc), so they are fed ``parallel_chunk`` at a time.
 
-The ``ratio`` reported for every method is a memory ratio at the end of each window, averaged
-over windows: tokens per slot for DMC and eviction, 16-bit dense bytes over stored bytes for the
-quantised cache (``dynacomp.dmc.quantized``), 1 for vanilla.
+The ``ratio`` reported for every method is a memory ratio at the cache's fullest, averaged over
+windows: the bytes a dense cache holds at the end of the window over the most bytes the method's
+cache held after any forward in it (the memory a user has to provision). DMC and eviction caches
+only grow, so theirs is taken at the end: tokens per slot for eviction, and for DMC its slots plus
+the open runs it keeps for merging (``DMCCache.stats``). A quantised cache holds the most just
+before its full-precision residual window is packed (``dynacomp.dmc.quantized``: 16-bit dense
+bytes over stored bytes). 1 for vanilla.
 """
 
 from __future__ import annotations
@@ -136,8 +140,27 @@ def method_runner(model, method: str, cr: float, options: EvalOptions | None = N
 
 
 def memory_ratio(cache: Cache) -> float:
-    """The cache's compression ratio (module docstring); 1 for a plain dense cache."""
-    return float(cache.stats()["compression_ratio"]) if hasattr(cache, "stats") else 1.0
+    """Dense bytes over the bytes the cache holds now; 1 for a plain dense cache."""
+    if not hasattr(cache, "stats"):
+        return 1.0
+    stats = cache.stats()
+    return float(stats.get("memory_ratio", stats["compression_ratio"]))
+
+
+class PeakMemory:
+    """The memory ratio of a cache at its fullest (module docstring): ``observe`` it after every
+    forward; ``ratio`` is then the dense size at the last observation over the most memory held."""
+
+    def __init__(self) -> None:
+        self.tokens, self.held = 0, 0.0    # held: in tokens' worth of dense cache
+
+    def observe(self, cache: Cache, tokens: int) -> None:
+        self.tokens = tokens
+        self.held = max(self.held, tokens / memory_ratio(cache))
+
+    @property
+    def ratio(self) -> float:
+        return self.tokens / self.held if self.held else 1.0
 
 
 def _token_ids(tokens, text: str | None) -> Tensor:
@@ -163,18 +186,19 @@ def perplexity_online(model, tokens, method: str, cr: float, context: int, optio
     if ids.numel() < context:
         raise ValueError(f"{ids.numel()} tokens do not fill one window of {context}; use a longer text "
                          "or a smaller --context")
-    caches = []
+    meters: list[PeakMemory] = []     # one per batch of windows, i.e. per cache
     started = time.perf_counter()
     with method_runner(model, method, cr, options) as runner:
         def fresh_cache() -> Cache:
-            caches.append(runner.new_cache())
-            return caches[-1]
+            meters.append(PeakMemory())
+            return runner.new_cache()
 
         result = perplexity(runner.model, ids, context, batch_size=options.batch_size, cache_factory=fresh_cache,
-                            pieces=runner.pieces(context, options), desc=f"{method} cr={cr:g}")
+                            pieces=runner.pieces(context, options), desc=f"{method} cr={cr:g}",
+                            after_forward=lambda cache, tokens: meters[-1].observe(cache, tokens))
     count = result["windows"]
     rows = [min(options.batch_size, count - first) for first in range(0, count, options.batch_size)]
-    ratio = sum(memory_ratio(cache) * n for cache, n in zip(caches, rows)) / count
+    ratio = sum(meter.ratio * n for meter, n in zip(meters, rows)) / count
     return {"method": method, "cr": cr, "ratio": ratio, **result, "context": context,
             "prefix": options.prefix, "chunk": options.chunk, "seconds": time.perf_counter() - started}
 
@@ -206,18 +230,21 @@ def passkey_prompt(tokenizer, length: int, depth: float, key: int) -> Tensor:
     return ids
 
 
-def greedy_answer(runner: Runner, prompt: Tensor, options: EvalOptions, new_tokens: int) -> tuple[list[int], Cache]:
-    """Greedy continuation (token ids) of ``prompt`` (1, T), read through a fresh cache of ``runner``."""
-    cache = runner.new_cache()
+def greedy_answer(runner: Runner, prompt: Tensor, options: EvalOptions, new_tokens: int) -> tuple[list[int], float]:
+    """Greedy continuation (token ids) of ``prompt`` (1, T), read through a fresh cache of
+    ``runner``, and the cache's peak memory ratio (``PeakMemory``)."""
+    cache, peak = runner.new_cache(), PeakMemory()
     for start, end in runner.pieces(prompt.shape[1], options):
-        logits = runner.model(prompt[:, start:end], cache=cache).logits
+        logits = runner.model(prompt[:, start:end], cache=cache, use_cache=True).logits
+        peak.observe(cache, end)
     answer = []
     for _ in range(new_tokens):
         token = logits[:, -1].argmax(-1, keepdim=True)               # (1, 1)
         answer.append(int(token))
         if len(answer) < new_tokens:
-            logits = runner.model(token, cache=cache).logits
-    return answer, cache
+            logits = runner.model(token, cache=cache, use_cache=True).logits
+            peak.observe(cache, prompt.shape[1] + len(answer))
+    return answer, peak.ratio
 
 
 @torch.no_grad()
@@ -237,11 +264,11 @@ def passkey(model, tokenizer, method: str, cr: float, context_lengths: tuple[int
             for _ in range(trials):
                 key, depth = rng.randint(10000, 99999), rng.random()
                 prompt = passkey_prompt(tokenizer, length, depth, key)
-                answer, cache = greedy_answer(runner, prompt[None].to(device), options, answer_tokens)
+                answer, ratio = greedy_answer(runner, prompt[None].to(device), options, answer_tokens)
                 found = re.search(r"\d+", tokenizer.decode(answer, skip_special_tokens=True))
                 correct += found is not None and found.group() == str(key)
                 tokens += prompt.numel()
-                ratios.append(memory_ratio(cache))
+                ratios.append(ratio)
                 bar.update()
             rows.append({"context": length, "accuracy": correct / trials, "correct": correct, "trials": trials,
                          "mean_prompt_tokens": tokens / trials})

@@ -56,8 +56,8 @@ class DMCModelMixin:
 
     def forward(self, *args, cache=None, past_key_values=None, use_cache=None, **kwargs):
         cache = cache if cache is not None else past_key_values
-        if use_cache is None:
-            use_cache = self.config.use_cache and not self.training
+        if use_cache is None:   # a cache handed in is used, whatever the config's use_cache says
+            use_cache = cache is not None or (self.config.use_cache and not self.training)
         if use_cache and cache is None:
             cache = self.new_cache()
         self._check_positions(cache, kwargs.get("input_ids", args[0] if args else None),
