@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 C = TypeVar("C")
+CONFIG_KEYS = "_config_keys"   # parser default: the fields of every config class it was given
 
 
 def field(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> Any:
@@ -75,10 +76,30 @@ def add_config_args(parser: argparse.ArgumentParser, config_cls: type, *, config
     if config_file and not any(a.dest == "config" for a in parser._actions):
         parser.add_argument("--config", type=Path, default=None,
                             help="JSON file with option values; flags given here override it")
+    # Every config class of the command, so a file key that none of them knows is an error.
+    known = parser.get_default(CONFIG_KEYS) or frozenset()
+    parser.set_defaults(**{CONFIG_KEYS: known | {f.name for f in dataclasses.fields(config_cls) if f.init}})
+
+
+def _check_scalar(config_cls: type, key: str, tp: Any, value: Any) -> Any:
+    """``value`` if it fits a scalar or Literal field of type ``tp`` (an int where a float is due
+    becomes one); a ValueError naming the field if not. Other types pass unchecked."""
+    if typing.get_origin(tp) is Literal:
+        if value not in typing.get_args(tp):
+            raise ValueError(f"{config_cls.__name__}.{key} is one of {typing.get_args(tp)}, got {value!r}")
+        return value
+    if tp not in (bool, int, float, str):
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ValueError(f"{config_cls.__name__}.{key} is {tp.__name__}, got {value!r}")
+    return value
 
 
 def config_from_dict(config_cls: type[C], values: dict[str, Any]) -> C:
-    """Build ``config_cls`` from a dict, refusing unknown keys and coercing JSON lists to tuples."""
+    """Build ``config_cls`` from a dict, refusing unknown keys and values of the wrong type, and
+    coercing JSON lists to tuples and strings to paths."""
     hints = typing.get_type_hints(config_cls)
     names = {f.name for f in dataclasses.fields(config_cls) if f.init}
     unknown = set(values) - names
@@ -87,11 +108,13 @@ def config_from_dict(config_cls: type[C], values: dict[str, Any]) -> C:
                          f"known: {', '.join(sorted(names))}")
     kwargs = {}
     for key, value in values.items():
-        tp, _ = _unwrap_optional(hints[key])
+        tp, optional = _unwrap_optional(hints[key])
         if typing.get_origin(tp) is tuple and isinstance(value, list):
             value = tuple(value)
         elif tp is Path and isinstance(value, str):
             value = Path(value)
+        elif value is not None or not optional:
+            value = _check_scalar(config_cls, key, tp, value)
         kwargs[key] = value
     return config_cls(**kwargs)
 
@@ -105,6 +128,9 @@ def config_from_args(config_cls: type[C], args: argparse.Namespace) -> C:
             values.update(json.loads(Path(config_path).read_text()))
         except (OSError, json.JSONDecodeError) as err:
             raise SystemExit(f"cannot read config file {config_path}: {err}") from err
+    unknown = set(values) - getattr(args, CONFIG_KEYS, set(values))
+    if unknown:
+        raise SystemExit(f"config file {config_path}: unknown option(s) {', '.join(sorted(unknown))}")
     names = {f.name for f in dataclasses.fields(config_cls) if f.init}
     values.update({k: v for k, v in vars(args).items() if k in names})
     return config_from_dict(config_cls, {k: v for k, v in values.items() if k in names})
