@@ -26,7 +26,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling of ``path``; rename it onto ``path`` only if the block succeeds.
 
     Works for files and folders alike: whatever the block writes at the yielded path replaces
-    ``path`` in one rename, so a reader sees the old version or the complete new one.
+    ``path`` in one rename, so a reader sees the old version or the complete new one. The new
+    data reaches the disk before the rename, and the rename before the call returns, so a power
+    loss cannot leave a renamed but empty file either.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -34,13 +36,25 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     target = tmp / path.name
     try:
         yield target
+        for written in (target.rglob("*") if target.is_dir() else [target]):
+            _fsync(written)
         if target.is_dir() and path.exists():
             # A folder cannot be renamed onto a non-empty folder: move the old one aside first.
             old = tmp / ".old"
             os.replace(path, old)
         os.replace(target, path)
+        _fsync(path.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's (or a folder's entries') data to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def json_text(obj: Any) -> str:
