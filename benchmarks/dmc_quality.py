@@ -133,9 +133,11 @@ Date: {header['date']}
 
 Model `{args.model}` ({args.dtype}); every token is decoded through the compressed cache
 (`dynacomp dmc eval`), online: each window is read {args.chunk} token(s) per forward after a 1-token
-prefix; vanilla and DMC, whose prefill is exact, in blocks. Memory ratio: tokens per cache slot
-(eviction, DMC), or 16-bit dense bytes over stored bytes with scales, zero points and the
-full-precision residual window counted in 16 bits (int8, int4).
+prefix; vanilla and DMC, whose prefill is exact, in blocks. Memory ratio: a dense cache's bytes
+over the most the method's cache held after any forward of a window (what has to be provisioned):
+tokens per slot for eviction; for DMC its slots plus the open runs it keeps for merging (window - 1
+entries per head); for int8 / int4, 16-bit dense bytes over stored bytes with scales, zero points
+and the full-precision residual window counted in 16 bits, just before the window is packed.
 `dmc_forced` is DMC with a fixed merge pattern instead of learned decisions, on the same weights: its
 row at CR 1 (no merging) shows the cost of giving up the repurposed decision channel alone.
 
