@@ -69,10 +69,13 @@ def main() -> None:
     if rows:
         lines += ["| context | method | ratio | tokens/s | s/step | attention share | KV MiB | peak RSS MiB "
                   "| × generate | × vanilla |", "|---|---|---|---|---|---|---|---|---|---|"]
+        def times(r: dict, reference: str) -> str:   # "–" where that method was not run
+            return f"{r[f'speedup_vs_{reference}']:.2f}" if f"speedup_vs_{reference}" in r else "–"
+
         lines += [f"| {r['context']} | {r['method']} | {r['cr']:.2f} | {r['tokens_per_s']:.1f} | "
                   f"{r['step_seconds']:.3f} | {r['attention_share']:.0%} | {r['kv_bytes'] / 2**20:.0f} | "
-                  f"{r['peak_rss_bytes'] / 2**20:.0f} | {r.get('speedup_vs_hf_generate', float('nan')):.2f} | "
-                  f"{r.get('speedup_vs_vanilla', float('nan')):.2f} |" for r in rows]
+                  f"{r['peak_rss_bytes'] / 2**20:.0f} | {times(r, 'hf_generate')} | {times(r, 'vanilla')} |"
+                  for r in rows]
         plot = args.out.parent / f"{args.out.stem}_throughput.png"
         plot_throughput(rows, plot, title=f"{args.model}, batch {args.batch}")
         lines.append(f"\n![throughput]({plot.name})")
