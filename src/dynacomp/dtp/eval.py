@@ -5,9 +5,9 @@ its predictions, every later one only its last ``stride`` (those not scored befo
 character is predicted once, and after the first window with at least ``window - stride``
 characters of context. A last window aligned to the end scores what remains: the paper's
 protocol scores every character (``dynacomp.metrics.perplexity`` instead drops a tail that fills
-no window, so that differently cached LMs score the same tokens). The shortening factor is the scored characters
-divided by the boundaries among them (1 for the vanilla model; with no boundary at all it is
-reported as the character count).
+no window, so that differently cached LMs score the same tokens). The shortening factor is the
+scored characters divided by the boundaries among them (1 for the vanilla model; with no
+boundary at all it is reported as the character count).
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from dynacomp.config import config_from_dict, field, to_dict
 from dynacomp.data.speech import SAMPLE_RATE, Utterance, load_dataset, read_audio
 from dynacomp.hcpc.model import HCPC, HCPCConfig
 from dynacomp.io import write_json
+from dynacomp.nn import VectorQuantizer
 from dynacomp.train import Trainer, TrainConfig, TrainResult, load_weights, read_run_record, seed_everything, train
 
 RUN_FILE = "hcpc.json"
@@ -42,8 +43,7 @@ def load_split_audio(data: Path, split: str) -> tuple[list[Utterance], list[torc
 class HCPCTask:
     """Random windows of the training utterances (one utterance per window); loss from the model."""
 
-    # The quantiser re-estimates its whole codebook on rank 0 and broadcasts it: not FSDP shards.
-    strategies = ("single", "ddp")
+    strategies = VectorQuantizer.strategies   # the quantiser's limits are the task's
 
     def __init__(self, config: HCPCConfig, run: RunConfig, audio: list[torch.Tensor], seed: int = 0) -> None:
         seed_everything(seed)   # the same initial weights on every rank

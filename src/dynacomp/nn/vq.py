@@ -85,6 +85,10 @@ class VectorQuantizer(nn.Module):
     re-estimates only when ``reestimate()`` is called.
     """
 
+    # Training strategies it works under: re-estimation runs k-means on rank 0 over the whole
+    # codebook and broadcasts it, which FSDP's shards cannot take. Tasks pass this on to the loop.
+    strategies = ("single", "ddp")
+
     def __init__(self, dim: int, codebook_size: int, **options: Any) -> None:
         super().__init__()
         self.config = config = VQConfig(codebook_size=codebook_size, **options)

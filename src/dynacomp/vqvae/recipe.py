@@ -41,8 +41,7 @@ class VQVAETask:
     """Random crops of the training utterances (each frame equally likely to be in a crop),
     the masked reconstruction MSE plus the quantiser's loss, and the quantiser's schedule."""
 
-    # The quantiser re-estimates its whole codebook on rank 0 and broadcasts it: not FSDP shards.
-    strategies = ("single", "ddp")
+    strategies = VectorQuantizer.strategies   # the quantiser's limits are the task's
 
     def __init__(self, model: VQVAE, frames: SpeechFrames, config: VQVAEConfig, seed: int = 0,
                  grad_accum: int = 1) -> None:
