@@ -177,10 +177,9 @@ def main() -> None:
     hierarchical = [m for m in ("pg", "st") if m in results]
     if hierarchical:
         utt, method = load_dataset(args.data, "test")[0], hierarchical[0]
-        segmentation = load_run(args.runs / method).model.segment(read_audio(utt))
         # the argmax decisions may be empty; the peaks of the logits are what the table scores too
         prominence = results[method]["segmentation"]["model_peaks"]["lenient"]["prominence"]
-        predicted = segmentation.logit_peaks(prominence)
+        predicted = load_run(args.runs / method).model.segment(read_audio(utt), prominence).boundaries
         seconds = FRAME / utt.sample_rate
         plot = plot_segmentation(read_audio(utt).numpy(), utt.sample_rate, [f * seconds for f in predicted],
                                  args.results / "hcpc_boundaries.png", [f * seconds for f in boundaries_in_frames(utt)],

@@ -81,7 +81,9 @@ def _eval(args: argparse.Namespace) -> None:
               **evaluate(loaded.model, data, config)}
     if args.plot:
         utt = load_dataset(data, config.split)[0]
-        segmentation = loaded.model.segment(read_audio(utt))
+        # the readout the table scores: logit peaks at the prominence chosen on validation
+        prominence = result["segmentation"].get("model_peaks", {}).get("strict", {}).get("prominence")
+        segmentation = loaded.model.segment(read_audio(utt), prominence)
         seconds = FRAME / utt.sample_rate
         predicted = segmentation.boundaries if loaded.config.hierarchical else []
         result["plot"] = str(plot_segmentation(read_audio(utt).numpy(), utt.sample_rate, [f * seconds for f in predicted],

@@ -5,7 +5,9 @@ segmenters: periodic boundaries at the mean phone duration of the training label
 frame dissimilarity ``1 - cos(z_t, z_t+1)`` of the encoder (prominence chosen on the validation
 split for the best R-value, per matching rule), and the model's own boundaries when it has a high
 level. ABX and the probe score the low-level contexts ``c`` and, with a high level, the segment
-contexts ``h`` repeated over their frames.
+contexts ``h`` repeated over their frames, the segments read out as the peaks of the boundary
+logits at the strict prominence chosen on validation (the argmax decisions of a policy that is not
+yet decisive close no segment, and would leave one high-level vector per utterance).
 """
 
 from __future__ import annotations
@@ -46,8 +48,9 @@ class EvalConfig:
             raise ValueError("the validation split chooses the peak prominences; score another split (test)")
 
 
-def segment_all(model: HCPC, utterances: Sequence[Utterance], desc: str = "segment") -> list[Segmentation]:
-    return [model.segment(read_audio(u)) for u in progress(utterances, desc=desc)]
+def segment_all(model: HCPC, utterances: Sequence[Utterance], desc: str = "segment",
+                prominence: float | None = None) -> list[Segmentation]:
+    return [model.segment(read_audio(u), prominence) for u in progress(utterances, desc=desc)]
 
 
 def dissimilarity(z: torch.Tensor) -> np.ndarray:
@@ -114,8 +117,9 @@ def abx_scores(utterances: Sequence[Utterance], segmentations: Sequence[Segmenta
 
 
 def probe_scores(model: HCPC, train: Sequence[Utterance], test: Sequence[Utterance],
-                 test_seg: Sequence[Segmentation], config: ProbeConfig) -> dict[str, dict[str, float]]:
-    train_seg = segment_all(model, train, "probe")
+                 test_seg: Sequence[Segmentation], config: ProbeConfig, prominence: float | None
+                 ) -> dict[str, dict[str, float]]:
+    train_seg = segment_all(model, train, "probe", prominence)
     train_levels, test_levels = _levels(train_seg), _levels(test_seg)
     train_y = [y for u, s in zip(train, train_seg) for y in frame_labels(u, FRAME, len(s.z))]
     test_y = [y for u, s in zip(test, test_seg) for y in frame_labels(u, FRAME, len(s.z))]
@@ -135,11 +139,16 @@ def evaluate(model: HCPC, data: Path, config: EvalConfig) -> dict[str, Any]:
     segmentation, test_seg = segmentation_scores(model, split("validation"), test, period, config.tolerance)
     results: dict[str, Any] = {"split": config.split, "utterances": len(test), "tolerance_s": config.tolerance,
                                "segmentation": segmentation}
+    prominence = None
+    if model.config.hierarchical and (config.abx or config.probe):
+        prominence = segmentation["model_peaks"]["strict"]["prominence"]
+        results["high_level_prominence"] = prominence
+        test_seg = segment_all(model, test, "test, logit peaks", prominence)
     if config.abx:
         items = read_item_file(config.items) if config.items else items_from_utterances(test)
         results["abx"] = abx_scores(test, test_seg, items, config.abx_max_per_group)
     if config.probe:
         spread = train[::max(1, len(train) // config.probe_utterances)][:config.probe_utterances]   # many voices
-        results["probe"] = probe_scores(model, spread, test, test_seg,
-                                        ProbeConfig(steps=config.probe_steps))
+        results["probe"] = probe_scores(model, spread, test, test_seg, ProbeConfig(steps=config.probe_steps),
+                                        prominence)
     return results

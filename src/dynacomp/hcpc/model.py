@@ -154,11 +154,6 @@ class Segmentation:
         """(T - 1,) the logit that frame ``t`` closes a segment, i.e. that frame ``t + 1`` starts one."""
         return self.logits[:-1].numpy()
 
-    def logit_peaks(self, prominence: float) -> list[int]:
-        """Frames that start a segment at peaks of ``closing_scores``: the predictor read out like
-        a dissimilarity curve, which ranks frames before any of them crosses the threshold."""
-        return peak_boundaries(self.closing_scores, prominence)
-
 
 def enforce_min_width(closes: np.ndarray, min_width: int) -> np.ndarray:
     """Drop closing decisions that would end a segment shorter than ``min_width`` frames or leave
@@ -237,7 +232,9 @@ class HCPC(nn.Module):
             closes, log_prob = bernoulli_boundaries(logits, self.temperature, sample=True)
             closes = torch.maximum(closes, last)
         else:
-            closes = gumbel_sigmoid_boundaries(logits, self.temperature, sample=True)
+            # Decisions at rate sigmoid(logit / tau), the probabilities the prior and entropy see
+            # (as the policy's); the relaxation that carries the gradient is as sharp as tau.
+            closes = gumbel_sigmoid_boundaries(logits / self.temperature, self.temperature, sample=True)
             closes = closes * (1 - last) + last                                     # keeps the straight-through gradient
         probs = torch.sigmoid(logits / self.temperature)
         entropy = bernoulli_entropy(logits / self.temperature)
@@ -265,14 +262,22 @@ class HCPC(nn.Module):
         return loss, metrics
 
     @torch.no_grad()
-    def segment(self, audio: torch.Tensor) -> Segmentation:
-        """Features and most likely segmentation of one utterance ``audio (L,)``."""
+    def segment(self, audio: torch.Tensor, prominence: float | None = None) -> Segmentation:
+        """Features and segmentation of one utterance ``audio (L,)``: the most likely decisions
+        (the official readout), or with ``prominence`` the peaks of the boundary logits, read out
+        like a dissimilarity curve (a policy that is not yet decisive ranks frames well before any
+        of them reaches even odds). The high-level contexts follow that segmentation."""
         z, c = self.low_level(audio[None])
         if not self.config.hierarchical:
             return Segmentation(z[0], c[0], torch.zeros(z.shape[1]), None)
         logits = self.boundary(z)[0]
-        closes = torch.from_numpy(enforce_min_width((logits > 0).cpu().numpy().astype(np.float32),
-                                                    self.config.min_segment_frames)).to(z)
+        if prominence is None:
+            closes = enforce_min_width((logits > 0).cpu().numpy().astype(np.float32), self.config.min_segment_frames)
+        else:
+            closes = np.zeros(len(logits), dtype=np.float32)
+            closes[np.array(peak_boundaries(logits[:-1].cpu().numpy(), prominence), dtype=int) - 1] = 1
+            closes[-1] = 1
+        closes = torch.from_numpy(closes).to(z)
         u, h = self.high_level(mean_pool(z, closes[None]))
         segment_of_frame = (torch.cumsum(closes, 0) - closes).long()
         return Segmentation(z[0], c[0], closes, h[0, segment_of_frame], logits)

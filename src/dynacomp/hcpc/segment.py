@@ -43,9 +43,13 @@ def segment_folder(model: HCPC, folder: Path, out: Path, prominence: float | Non
         raise FileNotFoundError(f"no audio ({', '.join(AUDIO_SUFFIXES)}) under {folder}")
     result = {}
     for path in progress(files, desc="segment"):
-        segmentation = model.segment(read_any_audio(path))
-        frames = segmentation.boundaries if prominence is None else segmentation.logit_peaks(prominence)
+        audio = read_any_audio(path)
+        if len(audio) < FRAME:   # under one 10 ms frame: nothing to segment
+            frames, num_frames = [], 0
+        else:
+            segmentation = model.segment(audio, prominence)
+            frames, num_frames = segmentation.boundaries, len(segmentation.z)
         result[str(path.relative_to(folder))] = {"frames": frames, "seconds": [f * FRAME / SAMPLE_RATE for f in frames],
-                                                 "num_frames": len(segmentation.z)}
+                                                 "num_frames": num_frames}
     write_json(out, result)
     return result
