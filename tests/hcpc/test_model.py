@@ -6,9 +6,9 @@ import torch
 
 from dynacomp.hcpc.losses import aligned_cpc_loss, cpc_loss, frame_negatives, neighbour_cpc_loss
 from dynacomp.hcpc.model import HCPC, HCPCConfig, enforce_min_width
+from dynacomp.metrics.segmentation import peak_boundaries
 from dynacomp.nn.boundaries import gumbel_sigmoid_boundaries
-from dynacomp.nn.policy import EMABaseline, bernoulli_boundaries, reinforce_loss, window_rate_loss
-from dynacomp.nn.pooling import segment_sums
+from dynacomp.nn.policy import EMABaseline, bernoulli_boundaries, reinforce_loss
 
 TINY = dict(dim=32, negatives=8, codebook_size=16, vq_bypass_steps=0, vq_reestimate_every=0, predict_steps=4)
 
@@ -78,8 +78,10 @@ def test_min_width():
     assert enforce_min_width(closes, 1).tolist() == [1, 1, 0, 1, 0, 0, 1, 1]   # no segment too short
 
 
-def test_policy_gradient_learns_a_toy_pattern():
-    """REINFORCE with an EMA baseline: the cost (mismatches with a target pattern) falls."""
+@pytest.mark.parametrize("estimator", ["reinforce", "straight_through"])
+def test_boundary_estimators_learn_a_toy_pattern(estimator):
+    """Sampled hard boundaries scored by their mismatches with a target pattern: REINFORCE with an
+    EMA baseline, or the straight-through gradient of the mismatches, lowers the expected cost."""
     torch.manual_seed(0)
     target = (torch.arange(20) % 4 == 3).float()
     logits = torch.zeros(1, 20, requires_grad=True)
@@ -87,65 +89,60 @@ def test_policy_gradient_learns_a_toy_pattern():
     expected = lambda: (torch.sigmoid(logits) - target).abs().sum().item()
     before = expected()
     for _ in range(150):
-        b, log_prob = bernoulli_boundaries(logits.expand(32, 20), 1.0, sample=True)
-        cost = (b - target).abs().sum(1)
-        loss = reinforce_loss(log_prob, cost, baseline(cost))
+        if estimator == "reinforce":
+            b, log_prob = bernoulli_boundaries(logits.expand(32, 20), 1.0, sample=True)
+            cost = (b - target).abs().sum(1)
+            loss = reinforce_loss(log_prob, cost, baseline(cost))
+        else:
+            b = gumbel_sigmoid_boundaries(logits.expand(32, 20), 1.0, sample=True)
+            loss = (b - target).abs().sum(1).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     assert expected() < 0.3 * before
 
 
-def test_straight_through_learns_a_toy_segmentation():
-    """Gumbel straight-through through mean pooling: reconstructing a piecewise-constant signal
-    from its segment means, with a length prior, gets better."""
-    torch.manual_seed(0)
-    x = torch.repeat_interleave(torch.randn(6), 4)[None, :, None]          # (1, 24, 1), segments of 4
-    logits = torch.zeros(1, 24, requires_grad=True)
-    optimizer = torch.optim.Adam([logits], lr=0.1)
-
-    def loss_of(b):
-        b = torch.cat([b[:, :-1], torch.ones(1, 1)], 1)
-        sums, sizes = segment_sums(x, b, 25)
-        index = (torch.cumsum(b, 1) - b).detach().long()
-        means = (sums / sizes.clamp(min=1)[..., None]).gather(1, index[..., None])
-        return (means - x).square().mean() + window_rate_loss(torch.sigmoid(logits), 8, 4.0)
-
-    def evaluate():
-        with torch.no_grad():
-            return np.mean([loss_of(gumbel_sigmoid_boundaries(logits, 1.0, True)).item() for _ in range(50)])
-
-    before = evaluate()
-    for _ in range(150):
-        loss = loss_of(gumbel_sigmoid_boundaries(logits, 1.0, True))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    assert evaluate() < 0.5 * before
+def tones(batch: int, frames: int) -> torch.Tensor:
+    """Toy speech: a new pure tone (one of six frequencies) every four 10 ms frames."""
+    g = torch.Generator().manual_seed(0)
+    freqs = torch.tensor([200.0, 350.0, 500.0, 800.0, 1200.0, 2000.0])
+    f = freqs[torch.randint(0, 6, (batch, frames // 4), generator=g)].repeat_interleave(4 * 160, 1)
+    return torch.sin(2 * np.pi * f * torch.arange(frames * 160) / 16000)
 
 
 @pytest.mark.parametrize("mode", ["reinforce", "straight_through"])
 def test_training_steps_reduce_the_losses(mode):
+    """On tones: the low level trains alone for 60 steps, then 60 joint steps lower the low-level,
+    high-level and length-prior losses together."""
     torch.manual_seed(0)
-    model = HCPC(HCPCConfig(**TINY, boundary_training=mode, mean_segment_frames=4.0))
-    audio = torch.randn(4, 160 * 32)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model = HCPC(HCPCConfig(**TINY, boundary_training=mode, mean_segment_frames=4.0, low_level_steps=60))
+    audio = tones(4, 32)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     history = []
-    for step in range(25):
+    for step in range(120):
         model.set_step(step)
         loss, metrics = model(audio)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        history.append(metrics["low_loss"] + metrics["prior"])
-    assert np.mean(history[-5:]) < np.mean(history[:5])
+        history.append(metrics)
+    joint = history[60:]
+    for name in ("low_loss", "high_loss", "prior"):
+        assert np.mean([m[name] for m in joint[-5:]]) < np.mean([m[name] for m in joint[:5]]), name
+    assert np.mean([m["low_loss"] for m in joint[-5:]]) < np.mean([m["low_loss"] for m in history[:5]]) - 0.1
     assert "policy_loss" in metrics if mode == "reinforce" else "policy_loss" not in metrics
 
 
-def test_boundaries_start_at_the_length_prior_rate():
-    config = HCPCConfig(**TINY, mean_segment_frames=5.0)
-    bias = HCPC(config).boundary.net[-1].bias
-    assert torch.sigmoid(bias / config.temperature_start).item() == pytest.approx(1 / 5)
+@pytest.mark.parametrize("mode", ["reinforce", "straight_through"])
+def test_boundaries_start_at_the_length_prior_rate(mode):
+    """Both estimators sample decisions at sigmoid(logit / temperature), the rate the prior sees."""
+    torch.manual_seed(0)
+    config = HCPCConfig(**TINY, mean_segment_frames=5.0, boundary_training=mode)
+    model = HCPC(config)
+    assert torch.sigmoid(model.boundary.net[-1].bias / config.temperature_start).item() == pytest.approx(1 / 5)
+    with torch.no_grad():
+        _, metrics = model(torch.randn(8, 160 * 200))
+    assert metrics["frames_per_segment"] == pytest.approx(5.0, rel=0.2)
 
 
 def test_low_level_trains_alone_before_the_joint_schedules_start():
@@ -161,3 +158,15 @@ def test_low_level_trains_alone_before_the_joint_schedules_start():
     assert "high_loss" in metrics and model.temperature == model.config.temperature_start
     model.set_step(4)
     assert model.temperature == model.config.temperature_start * 0.5
+
+
+def test_segment_reads_out_logit_peaks_and_pools_the_high_level_over_them():
+    torch.manual_seed(0)
+    model = HCPC(HCPCConfig(**TINY)).eval()
+    audio = torch.randn(160 * 60)
+    decided = model.segment(audio)
+    peaks = model.segment(audio, prominence=0.0)
+    assert peaks.boundaries == peak_boundaries(decided.closing_scores, 0.0) and peaks.boundaries
+    starts = [0] + peaks.boundaries
+    assert all(torch.equal(peaks.high[t], peaks.high[s]) for s, e in zip(starts, starts[1:] + [60]) for t in range(s, e))
+    assert len({tuple(row.tolist()) for row in peaks.high}) == len(starts)
