@@ -34,7 +34,8 @@ from pathlib import Path
 
 import torch
 
-from dynacomp.data.speech import boundaries_in_frames, load_dataset, read_audio
+from dynacomp.data.speech import boundaries_in_frames, read_audio
+from dynacomp.data.speech_corpora import load_speech
 from dynacomp.hcpc.eval import EvalConfig, evaluate, mean_phone_frames
 from dynacomp.hcpc.model import FRAME, HCPCConfig
 from dynacomp.hcpc.plot import plot_segmentation
@@ -176,7 +177,7 @@ def main() -> None:
     plot = None
     hierarchical = [m for m in ("pg", "st") if m in results]
     if hierarchical:
-        utt, method = load_dataset(args.data, "test")[0], hierarchical[0]
+        utt, method = load_speech(args.data, "test")[0], hierarchical[0]
         # the argmax decisions may be empty; the peaks of the logits are what the table scores too
         prominence = results[method]["segmentation"]["model_peaks"]["lenient"]["prominence"]
         predicted = load_run(args.runs / method).model.segment(read_audio(utt), prominence).boundaries

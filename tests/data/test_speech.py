@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,9 +13,9 @@ import soundfile
 from dynacomp.data import speech
 from dynacomp.data.speech import (
     SILENCE, SpeechSynthConfig, Utterance, boundaries_in_frames, frame_labels, load_dataset, read_audio,
-    segments_from_events, synthesize_dataset,
+    segments_from_events, synthesize_dataset, write_segments,
 )
-from dynacomp.data.speech_corpora import load_buckeye, load_librispeech, load_timit, read_textgrid
+from dynacomp.data.speech_corpora import load_buckeye, load_librispeech, load_speech, load_timit, read_textgrid
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
@@ -334,3 +335,33 @@ def test_librispeech_layout_with_mfa_textgrids_and_cpc_labels(tmp_path):
     cpc.write_text("84-121123-0002 0 0 0 5 5 7\n")
     [utt] = load_librispeech(tmp_path / "LibriSpeech", "dev-clean", cpc)
     assert utt.phones == [(0, 480, "0"), (480, 800, "5"), (800, 960, "7")]
+
+
+def fake_timit(root: Path, train_speakers: int, test_speakers: int) -> Path:
+    """A TIMIT layout: one 0.8 s sentence per speaker, phones of 80 ms labelled a/b/c."""
+    for split, count in (("TRAIN", train_speakers), ("TEST", test_speakers)):
+        for i in range(count):
+            folder = root / split / "DR1" / f"{split[:2]}{i:02d}"
+            folder.mkdir(parents=True)
+            soundfile.write(folder / "SX1.WAV", _tone(12800) * (1 + i % 3), 16000)
+            write_segments(folder / "SX1.PHN", [(s, s + 1280, "abc"[(s // 1280 + i) % 3]) for s in range(0, 12800, 1280)])
+    return root
+
+
+def test_load_speech_splits_recorded_corpora_by_speaker(tmp_path):
+    timit = fake_timit(tmp_path / "TIMIT", train_speakers=12, test_speakers=2)
+    splits = {s: {u.speaker for u in load_speech(f"timit:{timit}", s)} for s in ("train", "validation", "test")}
+    assert splits["validation"] == {"TR00", "TR10"} and len(splits["train"]) == 10 and splits["test"] == {"TE00", "TE01"}
+    for session in ("s0101a", "s0102a", "s0201a", "s1101a", "s1201a", "s2101a"):
+        folder = tmp_path / "buckeye" / session[:3]
+        folder.mkdir(parents=True, exist_ok=True)
+        soundfile.write(folder / f"{session}.wav", _tone(8000), 16000)
+        (folder / f"{session}.phones").write_text(BUCKEYE_PHONES)
+    speakers = {s: sorted({u.speaker for u in load_speech(f"buckeye:{tmp_path / 'buckeye'}", s)})
+                for s in ("train", "validation", "test")}
+    assert speakers == {"test": ["s01"], "validation": ["s02"], "train": ["s11", "s12", "s21"]}
+    assert len(load_speech(f"buckeye:{tmp_path / 'buckeye'}", "test")) == 2     # both sessions of s01
+    with pytest.raises(ValueError, match="needs its phone alignments"):
+        load_speech(f"librispeech:{tmp_path}", "train")
+    with pytest.raises(FileNotFoundError, match="no synthetic speech set"):
+        load_speech(tmp_path / "nothing", "train")

@@ -17,6 +17,7 @@ from dynacomp.hcpc.recipe import RunConfig, load_run, train_run
 from dynacomp.hcpc.segment import read_any_audio
 from dynacomp.metrics.segmentation import peak_boundaries
 from dynacomp.train import TrainConfig
+from tests.data.test_speech import fake_timit
 
 TINY = HCPCConfig(dim=16, negatives=4, codebook_size=8, vq_bypass_steps=1, vq_reestimate_every=1, predict_steps=3)
 
@@ -69,6 +70,17 @@ def test_train_resume_evaluate_segment(speech, tmp_path):
     name = sorted(peaks)[0]
     logits = loaded.model.segment(read_any_audio(speech / "test" / name)).logits[:-1].numpy()
     assert peaks[name]["frames"] == peak_boundaries(logits, 0.0) and peaks[name]["frames"]
+
+
+def test_trains_and_evaluates_on_a_recorded_corpus(tmp_path):
+    """``--data timit:ROOT``: the loaders of recorded corpora feed training and evaluation."""
+    data = f"timit:{fake_timit(tmp_path / 'TIMIT', train_speakers=11, test_speakers=2)}"
+    out = tmp_path / "run"
+    assert main(["hcpc", "train", "--data", data, "--out", str(out), "--dim", "16", "--negatives", "4",
+                 "--codebook-size", "8", "--predict-steps", "3", "--window", "4800", "--batch-size", "2",
+                 "--steps", "2", "--warmup-steps", "0"]) == 0
+    result = evaluate(load_run(out).model, data, EvalConfig(probe_steps=5, probe_utterances=2))
+    assert result["utterances"] == 2 and set(result["probe"]) == {"low", "high"}
 
 
 def test_peak_prominence_comes_from_validation_and_tolerance_from_seconds(monkeypatch):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import soundfile
 
-from dynacomp.data.speech import SILENCE, Utterance, read_segments
+from dynacomp.data.speech import SILENCE, Utterance, load_dataset, read_segments
 
 LIBRISPEECH_RATE = 16000
 TIMIT_RATE = 16000
@@ -208,3 +208,45 @@ def load_buckeye(root: str | Path, speakers: Iterable[str] | None = None) -> lis
             id=session, speaker=speaker, audio_path=wav, sample_rate=rate, phones=read_xlabel(phones, rate),
             words=[w for w in read_xlabel(words, rate) if w[2] != SILENCE] if words.exists() else []))
     return utterances
+
+
+# ----------------------------------------------------------------------------- one entry point
+
+CORPORA = {
+    "timit": "timit:ROOT (train: TIMIT train less every 10th speaker, validation: those speakers, test: TIMIT test)",
+    "buckeye": "buckeye:ROOT (speakers sorted: every 10th from the first is test, from the second validation, "
+               "the rest train)",
+    "librispeech": "librispeech:ROOT:ALIGNMENTS (train: train-clean-100, validation: dev-clean, test: test-clean)",
+}
+
+
+def _every_tenth_speaker(utterances: list[Utterance], offset: int) -> set[str]:
+    return set(sorted({u.speaker for u in utterances})[offset::10])
+
+
+def load_speech(data: str | Path, split: str) -> list[Utterance]:
+    """``split`` (``train``, ``validation`` or ``test``; speakers never shared between splits) of
+    a speech set: a synthetic set folder (``dynacomp data speech``) or a recorded corpus named
+    ``CORPUS:ROOT`` as ``CORPORA`` describes, e.g. ``timit:/data/TIMIT``."""
+    name, _, location = str(data).partition(":")
+    if name not in CORPORA or not location:
+        return load_dataset(data, split)
+    if split not in ("train", "validation", "test"):
+        raise ValueError(f"no split {split!r} in {data}: train, validation or test")
+    if name == "timit":
+        if split == "test":
+            return load_timit(location, "test")
+        train = load_timit(location, "train")
+        held = _every_tenth_speaker(train, 0)
+        return [u for u in train if (u.speaker in held) == (split == "validation")]
+    if name == "buckeye":
+        sessions = load_buckeye(location)
+        test, validation = _every_tenth_speaker(sessions, 0), _every_tenth_speaker(sessions, 1)
+        wanted = {"test": lambda s: s in test, "validation": lambda s: s in validation,
+                  "train": lambda s: s not in test and s not in validation}[split]
+        return [u for u in sessions if wanted(u.speaker)]
+    root, _, alignments = location.partition(":")
+    if not alignments:
+        raise ValueError(f"{data}: LibriSpeech needs its phone alignments, {CORPORA['librispeech']}")
+    subset = {"train": "train-clean-100", "validation": "dev-clean", "test": "test-clean"}[split]
+    return load_librispeech(root, subset, alignments)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from dynacomp.config import add_config_args, config_from_args
 from dynacomp.console import add_json_flag, emit
-from dynacomp.data.speech import boundaries_in_frames, load_dataset, read_audio
+from dynacomp.data.speech import boundaries_in_frames, read_audio
+from dynacomp.data.speech_corpora import load_speech
 from dynacomp.hcpc.eval import EvalConfig, evaluate
 from dynacomp.hcpc.model import FRAME, HCPCConfig
 from dynacomp.hcpc.plot import plot_segmentation
@@ -24,7 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     hcpc_sub = parser.add_subparsers(dest="hcpc_command", metavar="COMMAND", required=True)
 
     p = hcpc_sub.add_parser("train", help="train a model (resumes what --out holds)",
-                            description="Train on the train split of a synthetic speech set (`dynacomp data speech`); "
+                            description="Train on the train split of a speech set: a synthetic one (`dynacomp data speech`) or "
+                                        "a recorded corpus you have (--data timit:ROOT, buckeye:ROOT, "
+                                        "librispeech:ROOT:ALIGNMENTS; speakers split as dynacomp.data."
+                                        "speech_corpora.CORPORA says); "
                                         "writes hcpc.json, checkpoints and metrics.jsonl to --out. Paper optimiser: "
                                         "--lr 2e-4 --beta2 0.999 --weight-decay 0.")
     p.add_argument("--out", type=Path, required=True, help="run folder")
@@ -80,7 +84,7 @@ def _eval(args: argparse.Namespace) -> None:
     result = {"run": str(args.run), "checkpoint": str(loaded.checkpoint), "data": str(data),
               **evaluate(loaded.model, data, config)}
     if args.plot:
-        utt = load_dataset(data, config.split)[0]
+        utt = load_speech(data, config.split)[0]
         # the readout the table scores: logit peaks at the prominence chosen on validation
         prominence = result["segmentation"].get("model_peaks", {}).get("strict", {}).get("prominence")
         segmentation = loaded.model.segment(read_audio(utt), prominence)

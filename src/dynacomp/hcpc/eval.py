@@ -22,7 +22,8 @@ import torch
 
 from dynacomp.config import field
 from dynacomp.console import progress
-from dynacomp.data.speech import Utterance, boundaries_in_frames, frame_labels, load_dataset, read_audio
+from dynacomp.data.speech import Utterance, boundaries_in_frames, frame_labels, read_audio
+from dynacomp.data.speech_corpora import load_speech
 from dynacomp.hcpc.model import FRAME, HCPC, Segmentation
 from dynacomp.metrics.abx import Item, abx_error, items_from_utterances, read_item_file
 from dynacomp.metrics.probe import ProbeConfig, linear_probe
@@ -130,10 +131,10 @@ def probe_scores(model: HCPC, train: Sequence[Utterance], test: Sequence[Utteran
 def evaluate(model: HCPC, data: Path, config: EvalConfig) -> dict[str, Any]:
     """Everything above for one model on the speech set ``data``."""
     def split(name: str) -> list[Utterance]:
-        utterances = load_dataset(data, name)
+        utterances = load_speech(data, name)
         return utterances[:config.max_utterances] if config.max_utterances else utterances
 
-    train = load_dataset(data, "train")
+    train = load_speech(data, "train")
     test = split(config.split)
     period = mean_phone_frames(train)
     segmentation, test_seg = segmentation_scores(model, split("validation"), test, period, config.tolerance)

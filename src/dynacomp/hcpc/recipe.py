@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from dynacomp.config import config_from_dict, field, to_dict
-from dynacomp.data.speech import SAMPLE_RATE, Utterance, load_dataset, read_audio
+from dynacomp.data.speech import SAMPLE_RATE, Utterance, read_audio
+from dynacomp.data.speech_corpora import load_speech
 from dynacomp.hcpc.model import HCPC, HCPCConfig
 from dynacomp.io import write_json
 from dynacomp.nn import VectorQuantizer
@@ -25,14 +26,14 @@ RUN_FILE = "hcpc.json"
 
 @dataclass
 class RunConfig:
-    data: Path = field(Path("runs/speech_1h"), help="synthetic speech set (from `dynacomp data speech`)")
+    data: Path = field(Path("runs/speech_1h"), help="speech set: a synthetic set folder (from `dynacomp data speech`), or timit:ROOT, buckeye:ROOT or librispeech:ROOT:ALIGNMENTS")
     window: int = field(20480, help="samples per training window (paper: 20480 = 1.28 s)")
     batch_size: int = field(8, help="windows per micro-batch, over all processes (paper: 64)")
 
 
 def load_split_audio(data: Path, split: str) -> tuple[list[Utterance], list[torch.Tensor]]:
     """The utterances of ``split`` and their waveforms ``(L,)`` at 16 kHz."""
-    utterances = load_dataset(data, split)
+    utterances = load_speech(data, split)
     if not utterances:
         raise ValueError(f"{data} has no utterances in its {split} split")
     if utterances[0].sample_rate != SAMPLE_RATE:

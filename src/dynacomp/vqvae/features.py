@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from dynacomp.console import progress
-from dynacomp.data.speech import frame_labels, load_dataset, read_audio
+from dynacomp.data.speech import frame_labels, read_audio
+from dynacomp.data.speech_corpora import load_speech
 
 SAMPLE_RATE = 16000
 HOP = 160       # 10 ms
@@ -61,8 +62,8 @@ class SpeechFrames:
 
 
 def load_frames(data: str | Path, split: str, n_mels: int = 80) -> SpeechFrames:
-    """Log-mels and frame phones of every utterance of ``split`` of a ``dynacomp data speech`` set."""
-    utterances = load_dataset(data, split)
+    """Log-mels and frame phones of every utterance of ``split`` of a speech set (``load_speech``)."""
+    utterances = load_speech(data, split)
     if not utterances:
         raise ValueError(f"no utterances in the {split} split of {data}")
     features, phones = [], []
