@@ -28,18 +28,34 @@ def test_paired_measurement_takes_dense_and_dmc_steps_in_turn(smollm2):
     assert all(r["speedup_vs_vanilla"] > 0 for r in paired["dmc"])
 
 
-def test_max_batch_runs_the_configured_ratio_and_shrinks_until_the_cache_fits(monkeypatch):
+@pytest.mark.parametrize("step_at, step, tried, best", [
+    # from 10 sequences on the pools take two more sequences' room: 11 overshoots (1,300 bytes of
+    # a 1,100 budget) and shrinks to 9, which fits; 10 (1,200) does not
+    (10, 2, [11, 9, 10], 9),
+    # from 11 on five more: 11 (1,600) shrinks in proportion to 7, too far; the search climbs to 10
+    (11, 5, [11, 7, 8, 9, 10], 10),
+])
+def test_max_batch_runs_the_configured_ratio_and_finds_the_largest_batch_that_fits(monkeypatch, step_at, step,
+                                                                                     tried, best):
     from dynacomp.dmc import bench
 
+    kv_bytes = lambda batch: 100 * (batch + step * (batch >= step_at))
     calls = []
 
     def fake_worker(method, cr, config):
         calls.append((method, cr, config.batch))
-        # pools grow in steps: from 10 sequences on, the cache takes two more sequences' room
-        return {"kv_bytes": 100 * (config.batch + 2 * (config.batch >= 10)), "tokens_per_s": float(config.batch)}
+        return {"kv_bytes": kv_bytes(config.batch), "tokens_per_s": float(config.batch)}
 
     monkeypatch.setattr(bench, "measure_in_worker", fake_worker)
     rows = [{"cr": 3.97, "kv_bytes_per_sequence": 100.0}, {"cr": 1.0, "kv_bytes_per_sequence": 100.0}]
     out = bench.max_batch(BenchConfig(kv_budget_gb=1100 / 2**30), [("dmc", 4.0), ("hf_generate", 1.0)], rows)
-    assert calls == [("dmc", 4.0, 11), ("dmc", 4.0, 9)]       # 11 measured 1,300 bytes: shrunk to 9
-    assert out == [{"method": "dmc", "cr": 3.97, "max_batch": 9, "tokens_per_s": 9.0, "kv_bytes": 900}]
+    assert calls == [("dmc", 4.0, batch) for batch in tried]
+    assert out == [{"method": "dmc", "cr": 3.97, "max_batch": best, "tokens_per_s": float(best),
+                    "kv_bytes": kv_bytes(best)}]
+
+
+def test_bench_config_refuses_unknown_methods_and_ratios():
+    with pytest.raises(ValueError, match="unknown methods"):
+        BenchConfig(methods=("vanila",))
+    with pytest.raises(ValueError, match="ratios >= 1"):
+        BenchConfig(cr=(0.5,))

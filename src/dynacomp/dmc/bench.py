@@ -36,6 +36,7 @@ from dynacomp.config import field
 from dynacomp.dmc.config import DMCConfig
 
 Method = Literal["hf_generate", "vanilla", "dmc"]
+METHODS: tuple[str, ...] = ("hf_generate", "vanilla", "dmc")
 
 
 @dataclass
@@ -51,6 +52,13 @@ class BenchConfig:
     threads: int = field(0, help="torch threads per worker (0: torch's default)")
     kv_budget_gb: float = field(0.0, help="if > 0: also find each method's largest batch within this "
                                           "KV-cache budget and measure its throughput there")
+
+    def __post_init__(self) -> None:
+        unknown = set(self.methods) - set(METHODS)
+        if unknown:
+            raise ValueError(f"unknown methods {sorted(unknown)}; known: {', '.join(METHODS)}")
+        if not self.cr or min(self.cr) < 1:
+            raise ValueError(f"cr needs one or more ratios >= 1, got {self.cr}")
 
 
 def prompt_ids(tokenizer, batch: int, context: int) -> torch.Tensor:
@@ -228,8 +236,12 @@ def measure_in_worker(method: str, cr: float | list[float], config: BenchConfig)
 
 
 def run(config: BenchConfig, progress=None) -> dict:
-    """All methods (and DMC at every ratio) at ``config``'s batch and context."""
-    jobs = [(m, cr) for m in config.methods for cr in (config.cr if m == "dmc" else (1.0,))]
+    """All methods (and DMC at every ratio; once for a retrofitted checkpoint, whose own decisions
+    set its ratio) at ``config``'s batch and context."""
+    from dynacomp.dmc import is_dmc_checkpoint
+
+    dmc_crs = config.cr[:1] if is_dmc_checkpoint(config.model) else config.cr
+    jobs = [(m, cr) for m in config.methods for cr in (dmc_crs if m == "dmc" else (1.0,))]
     rows = []
     for method, cr in jobs:
         rows.append(measure_in_worker(method, cr, config))
@@ -250,25 +262,27 @@ def max_batch(config: BenchConfig, jobs: list[tuple[str, float]], rows: list[dic
     """Each method's largest batch whose KV cache fits the budget, and its throughput there.
 
     ``jobs``: the (method, configured ratio) of each of ``rows``. The first guess scales the
-    measured bytes per sequence; a batch whose measured cache overshoots the budget (pools grow in
-    steps) is shrunk in proportion and measured again."""
+    measured bytes per sequence. Pools grow in steps, so bytes are not proportional to the batch:
+    a batch that overshoots the budget is shrunk in proportion, and from a batch that fits the
+    search steps up one at a time until the next batch is one known to overshoot."""
     budget = config.kv_budget_gb * 2**30
     out = []
     for (method, cr), row in zip(jobs, rows):
         if method == "hf_generate":
             continue
-        batch = int(budget // row["kv_bytes_per_sequence"])
-        measured = None
-        while batch >= 1:
+        batch, best, overshoots = int(budget // row["kv_bytes_per_sequence"]), None, math.inf
+        while 1 <= batch < overshoots and (best is None or batch > best["batch"]):
             measured = measure_in_worker(method, cr, replace(config, batch=batch))
             if measured["kv_bytes"] <= budget:
-                break
-            batch = min(batch - 1, int(batch * budget / measured["kv_bytes"]))
-        if batch < 1:
+                best, batch = {"batch": batch, **measured}, batch + 1
+            else:
+                overshoots = batch
+                batch = min(batch - 1, int(batch * budget / measured["kv_bytes"]))
+        if best is None:
             out.append({"method": method, "cr": row["cr"], "max_batch": 0})
             continue
-        out.append({"method": method, "cr": row["cr"], "max_batch": batch,
-                    "tokens_per_s": measured["tokens_per_s"], "kv_bytes": measured["kv_bytes"]})
+        out.append({"method": method, "cr": row["cr"], "max_batch": best["batch"],
+                    "tokens_per_s": best["tokens_per_s"], "kv_bytes": best["kv_bytes"]})
     return out
 
 
