@@ -39,7 +39,7 @@ from dynacomp.nn.pooling import mean_pool, segment_sums, upsample
 class DTPOutput:
     logits: torch.Tensor             # (B, T, V)
     boundaries: torch.Tensor | None  # (B, T), 1: the character closes its group; None for vanilla
-    aux_loss: torch.Tensor           # scalar: the boundary source's loss (0 where it has none)
+    aux_loss: torch.Tensor           # scalar: the boundary source's loss (0 where it has none or from a cache)
 
 
 class KVCache:
@@ -205,8 +205,9 @@ class HourglassLM(nn.Module):
         logits = self.head(h)
         if cache is not None:
             cache.length += ids.shape[1]
+        # decoding from a cache needs no auxiliary loss (the entropy source's costs a softmax per character)
         aux = (self.source.aux_loss(predictor_logits, boundaries, logits, boundary_targets)
-               if self.source is not None else logits.new_zeros(()))
+               if self.source is not None and cache is None else logits.new_zeros(()))
         return DTPOutput(logits, boundaries, aux)
 
     def _middle(self, h: torch.Tensor, boundaries: torch.Tensor) -> torch.Tensor:
