@@ -64,6 +64,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--window", type=int, default=20480, help="samples per training window")
     p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--aligned", action="store_true", help="the low level's aligned-prediction loss (ACPC, the paper's) "
+                   "instead of plain CPC, for every method")
     p.add_argument("--eval-utterances", type=int, default=0, help="test and validation utterances scored (0: all)")
     p.add_argument("--probe-utterances", type=int, default=50)
     p.add_argument("--threads", type=int, default=2, help="torch threads (0: torch's default)")
@@ -81,7 +83,7 @@ def model_config(args: argparse.Namespace, method: str, steps: int, mean_frames:
     return HCPCConfig(dim=args.dim, negatives=args.negatives, mean_segment_frames=mean_frames,
                       low_level_steps=low_level, vq_bypass_steps=max(1, 3 * joint // 50),
                       vq_reestimate_every=max(1, joint // 50), entropy_decay_steps=max(1, 2 * joint // 5),
-                      temperature_decay=(0.25 ** (1 / max(joint, 1))), **METHODS[method])
+                      temperature_decay=(0.25 ** (1 / max(joint, 1))), aligned=args.aligned, **METHODS[method])
 
 
 def train_config(args: argparse.Namespace, steps: int) -> TrainConfig:
@@ -129,7 +131,8 @@ def report(args: argparse.Namespace, steps: int, results: dict, mean_frames: flo
              f"Command: `{command}`  ", f"Machine: {os.cpu_count()} CPU cores ({platform.machine()}), "
              f"torch threads {torch.get_num_threads()}, no GPU  ", f"Date: {datetime.date.today().isoformat()}  ",
              f"Data: `{args.data}` (test voices never heard in training); {steps} steps per run, batch "
-             f"{args.batch_size} x {args.window} samples, width {args.dim}, {args.negatives} negatives; "
+             f"{args.batch_size} x {args.window} samples, width {args.dim}, {args.negatives} negatives, "
+             f"{'ACPC' if args.aligned else 'CPC'} low-level loss; "
              f"mean training phone {mean_frames:.2f} frames (used by the periodic baseline and the length prior)", "",
              "## Segmentation (tolerance 20 ms, pooled counts, %)", "",
              "| segmenter | strict P | R | F1 | R-value | lenient P | R | F1 | R-value |",

@@ -48,6 +48,16 @@ def test_aligned_loss_with_one_alignment_is_diagonal_cpc():
     assert aligned.item() == pytest.approx(torch.stack(by_hand).sum(0).mean().item() / 3, rel=1e-5)
 
 
+def test_aligned_loss_has_finite_gradients_where_alignments_are_unreachable():
+    # the paper's M = 6 predictions over K = 12 frames: the first frames cannot hold the later
+    # predictions, and adding two such unreachable cells that depend on the weights gave NaN
+    g = torch.Generator().manual_seed(0)
+    z, pred = torch.randn(2, 20, 4, generator=g), torch.randn(2, 20, 6, 4, generator=g, requires_grad=True)
+    loss = aligned_cpc_loss(pred, z, frame_negatives(z, 5, g), window=12)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(pred.grad).all() and pred.grad.abs().sum() > 0
+
+
 def test_cpc_loss_by_hand():
     z = torch.eye(3)[None].repeat(1, 2, 1)                 # (1, 6, 3): e0 e1 e2 e0 e1 e2
     pred = 100 * z.roll(-1, 1)[:, :, None]                 # predicts the next frame exactly
