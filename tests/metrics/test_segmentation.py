@@ -52,6 +52,8 @@ def test_tolerance_in_seconds():
     assert score(REF, PRED, tolerance=0.02, strict=True, frame_rate=100) == in_frames
     assert score(REF, PRED, tolerance=0.01, frame_rate=100)["precision_hits"] == 2   # 11 and 29
     assert score([[0]], [[29]], tolerance=0.29, frame_rate=100)["recall"] == 1.0    # 0.29 * 100 is 28.999...
+    with pytest.raises(ValueError, match="frame_rate"):
+        score(REF, PRED, tolerance=0.02)       # seconds without their rate would mean exact matches only
 
 
 def test_edge_cases():

@@ -33,6 +33,10 @@ PROMINENCE_GRID = tuple(round(0.01 * i, 2) for i in range(16))   # 0 .. 0.15, Kr
 
 def _tolerance_frames(tolerance: float, frame_rate: float | None) -> float:
     """``tolerance`` in frames: as given, or seconds times ``frame_rate`` (frames per second)."""
+    if frame_rate is None and not float(tolerance).is_integer():
+        # boundaries are whole frames: a fractional tolerance is a tolerance in seconds without its rate
+        raise ValueError(f"tolerance {tolerance} is in frames (whole ones) unless frame_rate is given; "
+                         f"for seconds pass e.g. frame_rate=100")
     frames = tolerance if frame_rate is None else tolerance * frame_rate
     return round(frames, 9)   # 0.02 s * 100 Hz is 2.0000000000000004 in floating point
 
