@@ -242,9 +242,8 @@ def load_speech(data: str | Path, split: str) -> list[Utterance]:
     if name == "buckeye":
         sessions = load_buckeye(location)
         test, validation = _every_tenth_speaker(sessions, 0), _every_tenth_speaker(sessions, 1)
-        wanted = {"test": lambda s: s in test, "validation": lambda s: s in validation,
-                  "train": lambda s: s not in test and s not in validation}[split]
-        return [u for u in sessions if wanted(u.speaker)]
+        held = {"test": test, "validation": validation}.get(split)
+        return [u for u in sessions if (u.speaker in held if held else u.speaker not in test | validation)]
     root, _, alignments = location.partition(":")
     if not alignments:
         raise ValueError(f"{data}: LibriSpeech needs its phone alignments, {CORPORA['librispeech']}")
