@@ -18,6 +18,7 @@ from dynacomp.vqvae import cli
 from dynacomp.vqvae.features import HOP, SpeechFrames, load_frames, log_mel, mel_filterbank
 from dynacomp.vqvae.model import VQVAE, VQVAEConfig
 from dynacomp.vqvae.recipe import VQVAETask, pad_batch, train_vqvae
+from tests.data.test_speech import fake_timit
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog near the river bank.",
@@ -110,14 +111,17 @@ def test_resume_is_exact_with_the_reservoir_in_the_task_state(tmp_path):
     assert whole[-1]["usage"] > 0
 
 
-def test_cli_train_then_eval(speech_set, tmp_path, capsys):
+@pytest.mark.parametrize("corpus", ["synthetic", "timit"])
+def test_cli_train_then_eval(corpus, speech_set, tmp_path, capsys):
+    """On a synthetic set and on a recorded corpus (``timit:ROOT``), which the run record keeps by name."""
+    data = str(speech_set) if corpus == "synthetic" else f"timit:{fake_timit(tmp_path / 'TIMIT', 12, 2)}"
     parser = argparse.ArgumentParser()
     cli.register(parser.add_subparsers(dest="group"))
     out = tmp_path / "run"
     tiny_flags = ["--n-mels", "20", "--hidden", "16", "--layers", "2", "--latent-dim", "8", "--crop-frames", "32",
                   "--batch-size", "4", "--codebook-size", "16", "--bypass-steps", "2", "--reestimate-every", "2",
                   "--reservoir-size", "200", "--steps", "6", "--checkpoint-every", "0", "--strategy", "single"]
-    args = parser.parse_args(["vq", "train", "--data", str(speech_set), "--out", str(out), *tiny_flags, "--json"])
+    args = parser.parse_args(["vq", "train", "--data", data, "--out", str(out), *tiny_flags, "--json"])
     assert args.func(args) == 0
     trained = json.loads(capsys.readouterr().out)
     assert trained["step"] == 6 and (out / "run.json").exists()
@@ -130,7 +134,7 @@ def test_cli_train_then_eval(speech_set, tmp_path, capsys):
         assert 0 <= result[key] <= 1
     assert result["dead_codes"] <= 16 and result["recon_mse"] > 0
     assert (out / "eval.json").exists() and (out / "usage.png").stat().st_size > 0
-    frames = load_frames(speech_set, "test", 20)
+    frames = load_frames(data, "test", 20)
     assert result["test_frames"] == sum(len(f) for f in frames.features)
 
 

@@ -224,13 +224,25 @@ def _every_tenth_speaker(utterances: list[Utterance], offset: int) -> set[str]:
     return set(sorted({u.speaker for u in utterances})[offset::10])
 
 
+def _corpus(data: str | Path) -> tuple[str, str] | None:
+    """``(corpus, location)`` of a ``CORPUS:ROOT`` speech set; None for a synthetic set's folder."""
+    name, _, location = str(data).partition(":")
+    return (name, location) if name in CORPORA and location else None
+
+
+def speech_set_id(data: str | Path) -> str:
+    """``data`` as a run record keeps it: a synthetic set's absolute folder, a corpus as named."""
+    return str(data) if _corpus(data) else str(Path(data).resolve())
+
+
 def load_speech(data: str | Path, split: str) -> list[Utterance]:
     """``split`` (``train``, ``validation`` or ``test``; speakers never shared between splits) of
     a speech set: a synthetic set folder (``dynacomp data speech``) or a recorded corpus named
     ``CORPUS:ROOT`` as ``CORPORA`` describes, e.g. ``timit:/data/TIMIT``."""
-    name, _, location = str(data).partition(":")
-    if name not in CORPORA or not location:
+    corpus = _corpus(data)
+    if corpus is None:
         return load_dataset(data, split)
+    name, location = corpus
     if split not in ("train", "validation", "test"):
         raise ValueError(f"no split {split!r} in {data}: train, validation or test")
     if name == "timit":

@@ -33,9 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     train = commands.add_parser(
         "train", help="train a VQ-VAE on the train split of a speech set",
-        description="Train a VQ-VAE on log-mel crops of the train split of a set made by `dynacomp data "
-                    "speech`; resumes a run found in --out. Runs under torchrun too (DDP).")
-    train.add_argument("--data", type=Path, required=True, help="speech set folder (`dynacomp data speech --out`)")
+        description="Train a VQ-VAE on log-mel crops of the train split of a speech set (--data); "
+                    "resumes a run found in --out. Runs under torchrun too (DDP).")
+    train.add_argument("--data", type=Path, required=True, help="speech set: a folder from `dynacomp data speech`, or "
+                       "timit:ROOT, buckeye:ROOT, librispeech:ROOT:ALIGNMENTS")
     train.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, metrics.jsonl, run.json")
     for config_cls in (VQVAEConfig, VQConfig, TrainConfig):
         add_config_args(train, config_cls)

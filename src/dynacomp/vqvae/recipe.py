@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from dynacomp.config import config_from_dict, to_dict
+from dynacomp.data.speech_corpora import speech_set_id
 from dynacomp.io import write_json
 from dynacomp.metrics.codebook import code_counts, normalized_usage, perplexity
 from dynacomp.nn import VectorQuantizer, VQConfig
@@ -109,7 +110,7 @@ def train_vqvae(data: str | Path, out: str | Path, model_config: VQVAEConfig, vq
     model = VQVAE(model_config, vq_config, quantizer)
     task = VQVAETask(model, frames.normalized(mean, std), model_config, train_config.seed, train_config.grad_accum)
     if is_main_process():
-        write_json(out / RUN_FILE, {"data": str(Path(data).resolve()), "model": to_dict(model_config),
+        write_json(out / RUN_FILE, {"data": speech_set_id(data), "model": to_dict(model_config),
                                     "vq": to_dict(vq_config) if quantizer is None else None,
                                     "train": to_dict(train_config),
                                     "quantizer": "dynacomp" if quantizer is None else type(quantizer).__name__,
