@@ -69,6 +69,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--eval-utterances", type=int, default=0, help="test and validation utterances scored (0: all)")
     p.add_argument("--probe-utterances", type=int, default=50)
     p.add_argument("--threads", type=int, default=2, help="torch threads (0: torch's default)")
+    p.add_argument("--seed", type=int, default=0, help="initial weights and batches")
     return p.parse_args()
 
 
@@ -90,7 +91,7 @@ def train_config(args: argparse.Namespace, steps: int) -> TrainConfig:
     """The paper's Adam (0.9, 0.999, no weight decay) with a linear warm-up over 1/5 of the run."""
     return TrainConfig(steps=steps, lr=args.lr, warmup_steps=max(1, steps // 5), weight_decay=0.0, beta2=0.999,
                        min_lr_ratio=1.0, schedule="constant", log_every=max(1, min(50, steps // 20)),
-                       checkpoint_every=max(1, steps // 5), keep_checkpoints=1)
+                       checkpoint_every=max(1, steps // 5), keep_checkpoints=1, seed=args.seed)
 
 
 def plan(args: argparse.Namespace, audio: list[torch.Tensor], mean_frames: float) -> int:
