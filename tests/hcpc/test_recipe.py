@@ -72,15 +72,21 @@ def test_train_resume_evaluate_segment(speech, tmp_path):
     assert peaks[name]["frames"] == peak_boundaries(logits, 0.0) and peaks[name]["frames"]
 
 
-def test_trains_and_evaluates_on_a_recorded_corpus(tmp_path):
-    """``--data timit:ROOT``: the loaders of recorded corpora feed training and evaluation."""
+def test_trains_and_evaluates_on_a_recorded_corpus(tmp_path, capsys):
+    """``--data timit:ROOT``: the loaders of recorded corpora feed training and evaluation (the
+    run's own data by default), and the eval plot draws the scored readout."""
     data = f"timit:{fake_timit(tmp_path / 'TIMIT', train_speakers=11, test_speakers=2)}"
     out = tmp_path / "run"
     assert main(["hcpc", "train", "--data", data, "--out", str(out), "--dim", "16", "--negatives", "4",
                  "--codebook-size", "8", "--predict-steps", "3", "--window", "4800", "--batch-size", "2",
                  "--steps", "2", "--warmup-steps", "0"]) == 0
-    result = evaluate(load_run(out).model, data, EvalConfig(probe_steps=5, probe_utterances=2))
-    assert result["utterances"] == 2 and set(result["probe"]) == {"low", "high"}
+    capsys.readouterr()
+    assert main(["hcpc", "eval", "--run", str(out), "--probe-steps", "5", "--probe-utterances", "2",
+                 "--plot", str(tmp_path / "eval.png"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["data"] == data and result["utterances"] == 2 and set(result["probe"]) == {"low", "high"}
+    assert result["high_level_prominence"] == result["segmentation"]["model_peaks"]["strict"]["prominence"]
+    assert (tmp_path / "eval.png").stat().st_size > 0
 
 
 def test_peak_prominence_comes_from_validation_and_tolerance_from_seconds(monkeypatch):
