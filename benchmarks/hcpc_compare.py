@@ -182,8 +182,8 @@ def main() -> None:
     hierarchical = [m for m in ("pg", "st") if m in results]
     if hierarchical:
         utt, method = load_speech(args.data, "test")[0], hierarchical[0]
-        # the argmax decisions may be empty; the peaks of the logits are what the table scores too
-        prominence = results[method]["segmentation"]["model_peaks"]["lenient"]["prominence"]
+        # the argmax decisions may be empty: the logit peaks the high-level features use
+        prominence = results[method]["high_level_prominence"]
         predicted = load_run(args.runs / method).model.segment(read_audio(utt), prominence).boundaries
         seconds = FRAME / utt.sample_rate
         plot = plot_segmentation(read_audio(utt).numpy(), utt.sample_rate, [f * seconds for f in predicted],

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,9 +12,12 @@ import soundfile
 from dynacomp.data import speech
 from dynacomp.data.speech import (
     SILENCE, SpeechSynthConfig, Utterance, boundaries_in_frames, frame_labels, load_dataset, read_audio,
-    segments_from_events, synthesize_dataset, write_segments,
+    segments_from_events, synthesize_dataset,
 )
-from dynacomp.data.speech_corpora import load_buckeye, load_librispeech, load_speech, load_timit, read_textgrid
+from dynacomp.data.speech_corpora import (
+    load_buckeye, load_librispeech, load_speech, load_timit, read_textgrid, speech_set_id,
+)
+from tests.data.fakes import fake_timit, tone
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
@@ -181,16 +183,12 @@ def test_cli_synthesises_and_describes(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- corpus loaders
 
-def _tone(n: int, rate: int = 16000) -> np.ndarray:
-    return (0.1 * np.sin(np.arange(n) * 2 * np.pi * 200 / rate)).astype(np.float32)
-
-
 def test_timit_layout(tmp_path):
     for split, speaker, sentence in [("TEST", "FAKS0", "SI943"), ("TEST", "FAKS0", "SA1"),
                                      ("TRAIN", "MCPM0", "SX114")]:
         folder = tmp_path / "TIMIT" / split / "DR1" / speaker
         folder.mkdir(parents=True, exist_ok=True)
-        soundfile.write(folder / f"{sentence}.WAV", _tone(8000), 16000, format="NIST", subtype="PCM_16")
+        soundfile.write(folder / f"{sentence}.WAV", tone(8000), 16000, format="NIST", subtype="PCM_16")
         (folder / f"{sentence}.PHN").write_text("0 2000 h#\n2000 4200 sh\n4200 8000 iy\n")
         (folder / f"{sentence}.WRD").write_text("2000 8000 she\n")
         (folder / f"{sentence}.TXT").write_text("0 8000 She.\n")
@@ -199,7 +197,7 @@ def test_timit_layout(tmp_path):
     utt = test[0]
     assert utt.phones == [(0, 2000, "h#"), (2000, 4200, "sh"), (4200, 8000, "iy")]
     assert utt.words == [(2000, 8000, "she")] and utt.text == "She." and utt.speaker == "FAKS0"
-    assert np.allclose(read_audio(utt).numpy(), _tone(8000), atol=1e-4)
+    assert np.allclose(read_audio(utt).numpy(), tone(8000), atol=1e-4)
     assert len(load_timit(tmp_path / "TIMIT", "test", include_sa=True)) == 2
     assert [u.id for u in load_timit(tmp_path / "TIMIT", "train")] == ["MCPM0_SX114"]
 
@@ -231,7 +229,7 @@ nfields 1
 def test_buckeye_layout(tmp_path):
     folder = tmp_path / "buckeye" / "s01" / "s0101a"
     folder.mkdir(parents=True)
-    soundfile.write(folder / "s0101a.wav", _tone(8000), 16000)
+    soundfile.write(folder / "s0101a.wav", tone(8000), 16000)
     (folder / "s0101a.phones").write_text(BUCKEYE_PHONES)
     (folder / "s0101a.words").write_text(BUCKEYE_WORDS)
     [utt] = load_buckeye(tmp_path / "buckeye")
@@ -315,7 +313,7 @@ def test_librispeech_layout_with_mfa_textgrids_and_cpc_labels(tmp_path):
     chapter = tmp_path / "LibriSpeech" / "dev-clean" / "84" / "121123"
     chapter.mkdir(parents=True)
     for n in range(3):
-        soundfile.write(chapter / f"84-121123-000{n}.flac", _tone(8000), 16000)
+        soundfile.write(chapter / f"84-121123-000{n}.flac", tone(8000), 16000)
     (chapter / "84-121123.trans.txt").write_text(
         "84-121123-0000 GO\n84-121123-0001 DO\n84-121123-0002 NOT ALIGNED\n")
     aligned = tmp_path / "alignments" / "dev-clean" / "84" / "121123"
@@ -337,17 +335,6 @@ def test_librispeech_layout_with_mfa_textgrids_and_cpc_labels(tmp_path):
     assert utt.phones == [(0, 480, "0"), (480, 800, "5"), (800, 960, "7")]
 
 
-def fake_timit(root: Path, train_speakers: int, test_speakers: int) -> Path:
-    """A TIMIT layout: one 0.8 s sentence per speaker, phones of 80 ms labelled a/b/c."""
-    for split, count in (("TRAIN", train_speakers), ("TEST", test_speakers)):
-        for i in range(count):
-            folder = root / split / "DR1" / f"{split[:2]}{i:02d}"
-            folder.mkdir(parents=True)
-            soundfile.write(folder / "SX1.WAV", _tone(12800) * (1 + i % 3), 16000)
-            write_segments(folder / "SX1.PHN", [(s, s + 1280, "abc"[(s // 1280 + i) % 3]) for s in range(0, 12800, 1280)])
-    return root
-
-
 def test_load_speech_splits_recorded_corpora_by_speaker(tmp_path):
     timit = fake_timit(tmp_path / "TIMIT", train_speakers=12, test_speakers=2)
     splits = {s: {u.speaker for u in load_speech(f"timit:{timit}", s)} for s in ("train", "validation", "test")}
@@ -355,7 +342,7 @@ def test_load_speech_splits_recorded_corpora_by_speaker(tmp_path):
     for session in ("s0101a", "s0102a", "s0201a", "s1101a", "s1201a", "s2101a"):
         folder = tmp_path / "buckeye" / session[:3]
         folder.mkdir(parents=True, exist_ok=True)
-        soundfile.write(folder / f"{session}.wav", _tone(8000), 16000)
+        soundfile.write(folder / f"{session}.wav", tone(8000), 16000)
         (folder / f"{session}.phones").write_text(BUCKEYE_PHONES)
     speakers = {s: sorted({u.speaker for u in load_speech(f"buckeye:{tmp_path / 'buckeye'}", s)})
                 for s in ("train", "validation", "test")}
@@ -365,3 +352,10 @@ def test_load_speech_splits_recorded_corpora_by_speaker(tmp_path):
         load_speech(f"librispeech:{tmp_path}", "train")
     with pytest.raises(FileNotFoundError, match="no synthetic speech set"):
         load_speech(tmp_path / "nothing", "train")
+
+
+def test_speech_set_id_is_valid_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert speech_set_id("speech") == str(tmp_path / "speech")
+    assert speech_set_id("timit:data/TIMIT") == f"timit:{tmp_path / 'data/TIMIT'}"
+    assert speech_set_id("librispeech:LS:aligned") == f"librispeech:{tmp_path / 'LS'}:{tmp_path / 'aligned'}"

@@ -28,15 +28,19 @@ def test_paired_measurement_takes_dense_and_dmc_steps_in_turn(smollm2):
     assert all(r["speedup_vs_vanilla"] > 0 for r in paired["dmc"])
 
 
-@pytest.mark.parametrize("step_at, step, tried, best", [
+@pytest.mark.parametrize("per_sequence, step_at, step, tried, best", [
     # from 10 sequences on the pools take two more sequences' room: 11 overshoots (1,300 bytes of
     # a 1,100 budget) and shrinks to 9, which fits; 10 (1,200) does not
-    (10, 2, [11, 9, 10], 9),
-    # from 11 on five more: 11 (1,600) shrinks in proportion to 7, too far; the search climbs to 10
-    (11, 5, [11, 7, 8, 9, 10], 10),
+    (100, 10, 2, [11, 9, 10], 9),
+    # from 11 on five more: 11 (1,600) shrinks in proportion to 7, too far; 7 climbs in proportion
+    # to 11, kept below the overshoot: 10 fits
+    (100, 11, 5, [11, 7, 10], 10),
+    # a first guess far below (the first run measured 220 bytes per sequence): 5 climbs to 11,
+    # which overshoots (1,200), and 10 fits next to it
+    (220, 11, 1, [5, 11, 10], 10),
 ])
-def test_max_batch_runs_the_configured_ratio_and_finds_the_largest_batch_that_fits(monkeypatch, step_at, step,
-                                                                                     tried, best):
+def test_max_batch_runs_the_configured_ratio_and_finds_the_largest_batch_that_fits(
+        monkeypatch, per_sequence, step_at, step, tried, best):
     from dynacomp.dmc import bench
 
     kv_bytes = lambda batch: 100 * (batch + step * (batch >= step_at))
@@ -47,11 +51,20 @@ def test_max_batch_runs_the_configured_ratio_and_finds_the_largest_batch_that_fi
         return {"kv_bytes": kv_bytes(config.batch), "tokens_per_s": float(config.batch)}
 
     monkeypatch.setattr(bench, "measure_in_worker", fake_worker)
-    rows = [{"cr": 3.97, "kv_bytes_per_sequence": 100.0}, {"cr": 1.0, "kv_bytes_per_sequence": 100.0}]
+    rows = [{"cr": 3.97, "kv_bytes_per_sequence": per_sequence}, {"cr": 1.0, "kv_bytes_per_sequence": 100.0}]
     out = bench.max_batch(BenchConfig(kv_budget_gb=1100 / 2**30), [("dmc", 4.0), ("hf_generate", 1.0)], rows)
     assert calls == [("dmc", 4.0, batch) for batch in tried]
     assert out == [{"method": "dmc", "cr": 3.97, "max_batch": best, "tokens_per_s": float(best),
                     "kv_bytes": kv_bytes(best)}]
+
+
+def test_max_batch_stops_after_its_tries_when_the_cache_never_grows(monkeypatch):
+    from dynacomp.dmc import bench
+
+    monkeypatch.setattr(bench, "measure_in_worker", lambda method, cr, config: {"kv_bytes": 1, "tokens_per_s": 1.0})
+    [row] = bench.max_batch(BenchConfig(kv_budget_gb=1100 / 2**30), [("vanilla", 1.0)],
+                            [{"cr": 1.0, "kv_bytes_per_sequence": 100.0}])
+    assert row["max_batch"] > 11 and row["kv_bytes"] == 1
 
 
 def test_bench_config_refuses_unknown_methods_and_ratios():

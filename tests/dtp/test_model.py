@@ -45,6 +45,8 @@ def test_cached_decoding_equals_the_full_pass(source):
         torch.testing.assert_close(torch.cat(logits, 1), full.logits, atol=1e-5, rtol=1e-5)
         if full.boundaries is not None:
             assert torch.equal(torch.cat(boundaries, 1), full.boundaries)
+        assert out.aux_loss.item() == 0    # decoding skips the auxiliary loss ...
+    assert (full.aux_loss.item() > 0) == (source in ("entropy", "gumbel"))   # ... which the full pass has
 
 
 @pytest.mark.parametrize("source", ["none", "whitespace", "gumbel"])

@@ -180,3 +180,5 @@ def test_segment_reads_out_logit_peaks_and_pools_the_high_level_over_them():
     starts = [0] + peaks.boundaries
     assert all(torch.equal(peaks.high[t], peaks.high[s]) for s, e in zip(starts, starts[1:] + [60]) for t in range(s, e))
     assert len({tuple(row.tolist()) for row in peaks.high}) == len(starts)
+    again = model.resegment(decided, 0.0)      # from the saved frames and logits, no encoder pass
+    assert again.boundaries == peaks.boundaries and torch.equal(again.high, peaks.high)

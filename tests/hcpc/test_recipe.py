@@ -17,7 +17,7 @@ from dynacomp.hcpc.recipe import RunConfig, load_run, train_run
 from dynacomp.hcpc.segment import read_any_audio
 from dynacomp.metrics.segmentation import peak_boundaries
 from dynacomp.train import TrainConfig
-from tests.data.test_speech import fake_timit
+from tests.data.fakes import fake_timit
 
 TINY = HCPCConfig(dim=16, negatives=4, codebook_size=8, vq_bypass_steps=1, vq_reestimate_every=1, predict_steps=3)
 
@@ -74,7 +74,7 @@ def test_train_resume_evaluate_segment(speech, tmp_path):
 
 def test_trains_and_evaluates_on_a_recorded_corpus(tmp_path, capsys):
     """``--data timit:ROOT``: the loaders of recorded corpora feed training and evaluation (the
-    run's own data by default), and the eval plot draws the scored readout."""
+    run's own data by default, kept with absolute paths)."""
     data = f"timit:{fake_timit(tmp_path / 'TIMIT', train_speakers=11, test_speakers=2)}"
     out = tmp_path / "run"
     assert main(["hcpc", "train", "--data", data, "--out", str(out), "--dim", "16", "--negatives", "4",
@@ -85,7 +85,6 @@ def test_trains_and_evaluates_on_a_recorded_corpus(tmp_path, capsys):
                  "--plot", str(tmp_path / "eval.png"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["data"] == data and result["utterances"] == 2 and set(result["probe"]) == {"low", "high"}
-    assert result["high_level_prominence"] == result["segmentation"]["model_peaks"]["strict"]["prominence"]
     assert (tmp_path / "eval.png").stat().st_size > 0
 
 

@@ -18,7 +18,7 @@ from dynacomp.vqvae import cli
 from dynacomp.vqvae.features import HOP, SpeechFrames, load_frames, log_mel, mel_filterbank
 from dynacomp.vqvae.model import VQVAE, VQVAEConfig
 from dynacomp.vqvae.recipe import VQVAETask, pad_batch, train_vqvae
-from tests.data.test_speech import fake_timit
+from tests.data.fakes import fake_timit
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog near the river bank.",

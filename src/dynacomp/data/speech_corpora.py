@@ -231,8 +231,13 @@ def _corpus(data: str | Path) -> tuple[str, str] | None:
 
 
 def speech_set_id(data: str | Path) -> str:
-    """``data`` as a run record keeps it: a synthetic set's absolute folder, a corpus as named."""
-    return str(data) if _corpus(data) else str(Path(data).resolve())
+    """``data`` as a run record keeps it, valid from any folder: a synthetic set's absolute
+    folder, or ``CORPUS:ROOT[:ALIGNMENTS]`` with absolute paths."""
+    corpus = _corpus(data)
+    if corpus is None:
+        return str(Path(data).resolve())
+    name, location = corpus
+    return ":".join([name, *(str(Path(part).resolve()) for part in location.split(":"))])
 
 
 def load_speech(data: str | Path, split: str) -> list[Utterance]:
@@ -255,7 +260,7 @@ def load_speech(data: str | Path, split: str) -> list[Utterance]:
         sessions = load_buckeye(location)
         test, validation = _every_tenth_speaker(sessions, 0), _every_tenth_speaker(sessions, 1)
         held = {"test": test, "validation": validation}.get(split)
-        return [u for u in sessions if (u.speaker in held if held else u.speaker not in test | validation)]
+        return [u for u in sessions if (u.speaker in held if held is not None else u.speaker not in test | validation)]
     root, _, alignments = location.partition(":")
     if not alignments:
         raise ValueError(f"{data}: LibriSpeech needs its phone alignments, {CORPORA['librispeech']}")

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
@@ -36,7 +36,8 @@ from dynacomp.config import field
 from dynacomp.dmc.config import DMCConfig
 
 Method = Literal["hf_generate", "vanilla", "dmc"]
-METHODS: tuple[str, ...] = ("hf_generate", "vanilla", "dmc")
+METHODS: tuple[str, ...] = get_args(Method)
+MAX_BATCH_TRIES = 8
 
 
 @dataclass
@@ -261,23 +262,27 @@ def run(config: BenchConfig, progress=None) -> dict:
 def max_batch(config: BenchConfig, jobs: list[tuple[str, float]], rows: list[dict]) -> list[dict]:
     """Each method's largest batch whose KV cache fits the budget, and its throughput there.
 
-    ``jobs``: the (method, configured ratio) of each of ``rows``. The first guess scales the
-    measured bytes per sequence. Pools grow in steps, so bytes are not proportional to the batch:
-    a batch that overshoots the budget is shrunk in proportion, and from a batch that fits the
-    search steps up one at a time until the next batch is one known to overshoot."""
+    ``jobs``: the (method, configured ratio) of each of ``rows``. Pools grow in steps, so bytes are
+    not proportional to the batch: each measured batch gives the next guess by proportion, kept
+    strictly between the largest batch known to fit and the smallest known to overshoot, until the
+    two are neighbours (or ``MAX_BATCH_TRIES`` measurements, each a worker at the full context)."""
     budget = config.kv_budget_gb * 2**30
     out = []
     for (method, cr), row in zip(jobs, rows):
         if method == "hf_generate":
             continue
         batch, best, overshoots = int(budget // row["kv_bytes_per_sequence"]), None, math.inf
-        while 1 <= batch < overshoots and (best is None or batch > best["batch"]):
+        for _ in range(MAX_BATCH_TRIES):
+            fits = best["batch"] if best else 0
+            batch = min(max(batch, fits + 1), overshoots - 1)
+            if batch <= fits:
+                break
             measured = measure_in_worker(method, cr, replace(config, batch=batch))
             if measured["kv_bytes"] <= budget:
-                best, batch = {"batch": batch, **measured}, batch + 1
+                best = {"batch": batch, **measured}
             else:
                 overshoots = batch
-                batch = min(batch - 1, int(batch * budget / measured["kv_bytes"]))
+            batch = int(batch * budget / measured["kv_bytes"])
         if best is None:
             out.append({"method": method, "cr": row["cr"], "max_batch": 0})
             continue

@@ -85,9 +85,8 @@ def _eval(args: argparse.Namespace) -> None:
               **evaluate(loaded.model, data, config)}
     if args.plot:
         utt = load_speech(data, config.split)[0]
-        # the readout the table scores: logit peaks at the prominence chosen on validation
-        prominence = result["segmentation"].get("model_peaks", {}).get("strict", {}).get("prominence")
-        segmentation = loaded.model.segment(read_audio(utt), prominence)
+        # the readout the high-level features use: logit peaks at the strict prominence from validation
+        segmentation = loaded.model.segment(read_audio(utt), result.get("high_level_prominence"))
         seconds = FRAME / utt.sample_rate
         predicted = segmentation.boundaries if loaded.config.hierarchical else []
         result["plot"] = str(plot_segmentation(read_audio(utt).numpy(), utt.sample_rate, [f * seconds for f in predicted],

@@ -141,10 +141,9 @@ def evaluate(model: HCPC, data: Path, config: EvalConfig) -> dict[str, Any]:
     results: dict[str, Any] = {"split": config.split, "utterances": len(test), "tolerance_s": config.tolerance,
                                "segmentation": segmentation}
     prominence = None
-    if model.config.hierarchical and (config.abx or config.probe):
-        prominence = segmentation["model_peaks"]["strict"]["prominence"]
-        results["high_level_prominence"] = prominence
-        test_seg = segment_all(model, test, "test, logit peaks", prominence)
+    if model.config.hierarchical:
+        prominence = results["high_level_prominence"] = segmentation["model_peaks"]["strict"]["prominence"]
+        test_seg = [model.resegment(s, prominence) for s in test_seg]
     if config.abx:
         items = read_item_file(config.items) if config.items else items_from_utterances(test)
         results["abx"] = abx_scores(test, test_seg, items, config.abx_max_per_group)

@@ -63,7 +63,7 @@ def aligned_cpc_loss(predictions: torch.Tensor, z: torch.Tensor, negatives: torc
         _info_nce(pred, z[:, j:j + contexts, None].expand_as(pred),
                   negatives[:, j:j + contexts, None].expand(B, contexts, M, *negatives.shape[2:]))[..., 0]
         for j in range(1, window + 1)], dim=-1)                                    # (B, C, M, K)
-    # "Unreachable" is a large finite log-probability, not -inf: logaddexp(-inf, -inf) is right
+    # "Unreachable" is a large negative finite log-probability, not -inf: logaddexp(-inf, -inf) is right
     # forwards but its gradient is NaN, which reached every weight.
     unreachable = torch.finfo(log_p.dtype).min / 4
     alpha = torch.full((B, contexts, M), unreachable, device=z.device, dtype=log_p.dtype)

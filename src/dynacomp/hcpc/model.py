@@ -233,7 +233,8 @@ class HCPC(nn.Module):
             closes = torch.maximum(closes, last)
         else:
             # Decisions at rate sigmoid(logit / tau), the probabilities the prior and entropy see
-            # (as the policy's); the relaxation that carries the gradient is as sharp as tau.
+            # (as the policy's); the relaxation that carries the gradient has temperature tau on
+            # top, tau^2 in logit units, so it sharpens as the schedule lowers tau.
             closes = gumbel_sigmoid_boundaries(logits / self.temperature, self.temperature, sample=True)
             closes = closes * (1 - last) + last                                     # keeps the straight-through gradient
         probs = torch.sigmoid(logits / self.temperature)
@@ -270,7 +271,16 @@ class HCPC(nn.Module):
         z, c = self.low_level(audio[None])
         if not self.config.hierarchical:
             return Segmentation(z[0], c[0], torch.zeros(z.shape[1]), None)
-        logits = self.boundary(z)[0]
+        return self._read_out(z[0], c[0], self.boundary(z)[0], prominence)
+
+    @torch.no_grad()
+    def resegment(self, segmentation: Segmentation, prominence: float | None) -> Segmentation:
+        """``segmentation`` read out again (see ``segment``), running only the high level."""
+        return self._read_out(segmentation.z, segmentation.c, segmentation.logits, prominence)
+
+    def _read_out(self, z: torch.Tensor, c: torch.Tensor, logits: torch.Tensor, prominence: float | None
+                  ) -> Segmentation:
+        """Segments of one utterance's frames ``z, c (T, D)`` from its boundary ``logits (T,)``."""
         if prominence is None:
             closes = enforce_min_width((logits > 0).cpu().numpy().astype(np.float32), self.config.min_segment_frames)
         else:
@@ -278,6 +288,6 @@ class HCPC(nn.Module):
             closes[np.array(peak_boundaries(logits[:-1].cpu().numpy(), prominence), dtype=int) - 1] = 1
             closes[-1] = 1
         closes = torch.from_numpy(closes).to(z)
-        u, h = self.high_level(mean_pool(z, closes[None]))
+        _, h = self.high_level(mean_pool(z[None], closes[None]))
         segment_of_frame = (torch.cumsum(closes, 0) - closes).long()
-        return Segmentation(z[0], c[0], closes, h[0, segment_of_frame], logits)
+        return Segmentation(z, c, closes, h[0, segment_of_frame], logits)

@@ -6,7 +6,7 @@ A run folder holds ``hcpc.json`` (model and run configs) beside the loop's ``che
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from torch import nn
 
 from dynacomp.config import config_from_dict, field, to_dict
 from dynacomp.data.speech import SAMPLE_RATE, Utterance, read_audio
-from dynacomp.data.speech_corpora import load_speech
+from dynacomp.data.speech_corpora import load_speech, speech_set_id
 from dynacomp.hcpc.model import HCPC, HCPCConfig
 from dynacomp.io import write_json
 from dynacomp.nn import VectorQuantizer
@@ -101,7 +101,8 @@ def train_run(config: HCPCConfig, run: RunConfig, train_config: TrainConfig, out
     """Train into ``out_dir`` (resuming what is there) on the train split of ``run.data``."""
     audio = audio if audio is not None else load_split_audio(run.data, "train")[1]
     out_dir = Path(out_dir)
-    write_json(out_dir / RUN_FILE, {"model": to_dict(config), "run": to_dict(run)})
+    record = replace(run, data=Path(speech_set_id(run.data)))   # valid from any working folder
+    write_json(out_dir / RUN_FILE, {"model": to_dict(config), "run": to_dict(record)})
     return train(HCPCTask(config, run, audio, train_config.seed), train_config, out_dir)
 
 
