@@ -19,5 +19,6 @@ def fake_timit(root: Path, train_speakers: int, test_speakers: int) -> Path:
             folder = root / split / "DR1" / f"{split[:2]}{i:02d}"
             folder.mkdir(parents=True)
             soundfile.write(folder / "SX1.WAV", tone(12800) * (1 + i % 3), 16000)
-            write_segments(folder / "SX1.PHN", [(s, s + 1280, "abc"[(s // 1280 + i) % 3]) for s in range(0, 12800, 1280)])
+            phones = [(s, s + 1280, "abc"[(s // 1280 + i) % 3]) for s in range(0, 12800, 1280)]
+            write_segments(folder / "SX1.PHN", phones)
     return root

@@ -25,8 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     hcpc_sub = parser.add_subparsers(dest="hcpc_command", metavar="COMMAND", required=True)
 
     p = hcpc_sub.add_parser("train", help="train a model (resumes what --out holds)",
-                            description="Train on the train split of a speech set: a synthetic one (`dynacomp data speech`) or "
-                                        "a recorded corpus you have (--data timit:ROOT, buckeye:ROOT, "
+                            description="Train on the train split of a speech set: a synthetic one (`dynacomp data "
+                                        "speech`) or a recorded corpus you have (--data timit:ROOT, buckeye:ROOT, "
                                         "librispeech:ROOT:ALIGNMENTS; speakers split as dynacomp.data."
                                         "speech_corpora.CORPORA says); "
                                         "writes hcpc.json, checkpoints and metrics.jsonl to --out. Paper optimiser: "

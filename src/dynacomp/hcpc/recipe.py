@@ -26,7 +26,8 @@ RUN_FILE = "hcpc.json"
 
 @dataclass
 class RunConfig:
-    data: Path = field(Path("runs/speech_1h"), help="speech set: a synthetic set folder (from `dynacomp data speech`), or timit:ROOT, buckeye:ROOT or librispeech:ROOT:ALIGNMENTS")
+    data: Path = field(Path("runs/speech_1h"), help="speech set: a synthetic set folder (from `dynacomp data "
+                       "speech`), or timit:ROOT, buckeye:ROOT or librispeech:ROOT:ALIGNMENTS")
     window: int = field(20480, help="samples per training window (paper: 20480 = 1.28 s)")
     batch_size: int = field(8, help="windows per micro-batch, over all processes (paper: 64)")
 
