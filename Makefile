@@ -27,6 +27,7 @@ demo: data
 	$(VENV)/bin/dynacomp demo
 
 test: data
+	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest -q
 
 clean:

@@ -127,9 +127,9 @@ def main() -> None:
     write_json(args.out.with_suffix(".json"), {**header, "perplexity": rows, "passkey": keys})
     write_text(args.out, f"""# DMC and its peers at equal cache memory
 
-Command: `{command}`  
-Machine: {header['machine']}  
-Date: {header['date']}
+- Command: `{command}`
+- Machine: {header['machine']}
+- Date: {header['date']}
 
 Model `{args.model}` ({args.dtype}); every token is decoded through the compressed cache
 (`dynacomp dmc eval`), online: each window is read {args.chunk} token(s) per forward after a 1-token

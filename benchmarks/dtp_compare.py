@@ -149,7 +149,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-    started = datetime.datetime.now(datetime.timezone.utc)
+    started = datetime.datetime.now(datetime.UTC)
     host = machine()
     runs = [(args.data, m) for m in args.methods] + [tuple(e.rsplit(":", 1)) for e in args.extra]
     planned = plan(args)

@@ -53,7 +53,8 @@ def main() -> None:
         imports, first, _ = map(float, run_python(LOAD, env=env).split()[-3:])
         rows["smollm2: first load (GGUF de-quantised, safetensors written), s"] = first
         loads = [tuple(map(float, run_python(LOAD, env=env).split()[-3:])) for _ in range(3)]
-        median = lambda i: sorted(load[i] for load in loads)[1]
+        def median(i):
+            return sorted(load[i] for load in loads)[1]
         rows["import torch + transformers + dynacomp.models, s (median of 3 fresh processes)"] = median(0)
         rows["smollm2: cached load in a fresh process, s (includes transformers importing its Llama code)"] = median(1)
         rows["smollm2: cached load, model code already imported, s"] = median(2)

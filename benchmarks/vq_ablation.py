@@ -9,8 +9,8 @@
                  first batch, dead codes (EMA count < 2) replaced by batch vectors
 
 Each variant trains the same VQ-VAE (same data order, steps and optimiser) once per seed and is
-evaluated on the test voices; the table gives the mean over seeds. Writes RESULTS/vq_ablation.{json,md} and RESULTS/vq_usage.png; the runs go to
---out (an interrupted benchmark resumes them).
+evaluated on the test voices; the table gives the mean over seeds. Writes RESULTS/vq_ablation.{json,md}
+and RESULTS/vq_usage.png; the runs go to --out (an interrupted benchmark resumes them).
 
     python benchmarks/vq_ablation.py --data DIR [--steps 1500] [--codebook-size 512] [--seeds 0 1 2]
 """
@@ -100,8 +100,8 @@ def table(results: dict) -> str:
     for name, r in results.items():
         m = r["mean"]
 
-        def per_seed(key: str, digits: int) -> str:
-            return " ".join(f"{run[key]:.{digits}f}" for run in r["seeds"].values())
+        def per_seed(key: str, digits: int, seeds=r["seeds"]) -> str:
+            return " ".join(f"{run[key]:.{digits}f}" for run in seeds.values())
 
         rows.append(f"| {name} | {VARIANTS[name]} | {m['usage']:.3f} | {per_seed('usage', 3)} | "
                     f"{m['perplexity']:.1f} | {m['dead_codes']:.1f} | {m['recon_mse']:.4f} | "
@@ -124,7 +124,7 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="one training run per seed and variant")
     args = parser.parse_args()
     command = shlex.join(["python", "benchmarks/vq_ablation.py", *sys.argv[1:]])
-    started = datetime.datetime.now(datetime.timezone.utc)
+    started = datetime.datetime.now(datetime.UTC)
     info = machine()
 
     model_config = VQVAEConfig(hidden=args.hidden, batch_size=args.batch_size)
@@ -154,7 +154,7 @@ def main() -> None:
                   f"probe {metrics['probe_accuracy']:.3f}  ({train_seconds:.0f} s)", file=sys.stderr)
         results[variant] = {"mean": mean_over_seeds(runs), "seeds": runs, "vq_config": vars(vq) if vq else None}
 
-    finished = datetime.datetime.now(datetime.timezone.utc)
+    finished = datetime.datetime.now(datetime.UTC)
     note = (f"{command}\n{info['cpus']} CPU cores ({info['cpu']}), no GPU, torch {info['torch']}; "
             f"{started:%Y-%m-%d %H:%M} UTC; {args.steps} steps, K={args.codebook_size}")
     write_json(args.results / "vq_ablation.json", {

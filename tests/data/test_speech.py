@@ -11,11 +11,23 @@ import soundfile
 
 from dynacomp.data import speech
 from dynacomp.data.speech import (
-    SILENCE, SpeechSynthConfig, Utterance, boundaries_in_frames, frame_labels, load_dataset, read_audio,
-    segments_from_events, synthesize_dataset,
+    SILENCE,
+    SpeechSynthConfig,
+    Utterance,
+    boundaries_in_frames,
+    frame_labels,
+    load_dataset,
+    read_audio,
+    segments_from_events,
+    synthesize_dataset,
 )
 from dynacomp.data.speech_corpora import (
-    load_buckeye, load_librispeech, load_speech, load_timit, read_textgrid, speech_set_id,
+    load_buckeye,
+    load_librispeech,
+    load_speech,
+    load_timit,
+    read_textgrid,
+    speech_set_id,
 )
 from tests.data.fakes import fake_timit, tone
 

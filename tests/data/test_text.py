@@ -23,8 +23,17 @@ from pathlib import Path
 import pytest
 
 from dynacomp.data import packages, text, text_cli
-from dynacomp.data.text import (Benchmark, Checksum, ChecksumError, Document, clean_text8, load_enwik8,
-                                load_text8, load_wiki40b, split_documents)
+from dynacomp.data.text import (
+    Benchmark,
+    Checksum,
+    ChecksumError,
+    Document,
+    clean_text8,
+    load_enwik8,
+    load_text8,
+    load_wiki40b,
+    split_documents,
+)
 
 
 @pytest.fixture

@@ -43,7 +43,8 @@ def test_max_batch_runs_the_configured_ratio_and_finds_the_largest_batch_that_fi
         monkeypatch, per_sequence, step_at, step, tried, best):
     from dynacomp.dmc import bench
 
-    kv_bytes = lambda batch: 100 * (batch + step * (batch >= step_at))
+    def kv_bytes(batch):
+        return 100 * (batch + step * (batch >= step_at))
     calls = []
 
     def fake_worker(method, cr, config):

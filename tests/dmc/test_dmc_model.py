@@ -5,9 +5,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from dynacomp.dmc import DMCConfig, convert, load, save, zero_decision_channels
+from dynacomp.dmc import DMCConfig, convert, load, native, save, zero_decision_channels
 from dynacomp.dmc.attention import apply_rope
-from dynacomp.dmc import native
 from dynacomp.dmc.cache import DMCLayer, page_attention_bmm, page_attention_fused
 
 from .tiny import half_merging_bias, tiny_model
@@ -31,7 +30,8 @@ def naive_dmc_attention(attn, hidden, cos, sin, config: DMCConfig):
     k = attn.k_proj(hidden).view(b, length, hk, d)
     v = attn.v_proj(hidden).view(b, length, hk, d)
     out = torch.zeros(b, length, hq, d)
-    rope = lambda x, bi, t: apply_rope(x[None, None, None], cos[bi, t][None, None], sin[bi, t][None, None])[0, 0, 0]
+    def rope(x, bi, t):
+        return apply_rope(x[None, None, None], cos[bi, t][None, None], sin[bi, t][None, None])[0, 0, 0]
     for bi in range(b):
         for j in range(hk):
             slots, run = [], []

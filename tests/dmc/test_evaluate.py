@@ -6,8 +6,16 @@ import torch
 import torch.nn.functional as F
 
 from dynacomp.dmc import DMCConfig, convert, zero_decision_channels
-from dynacomp.dmc.evaluate import (METHODS, EvalOptions, method_runner, passkey, passkey_prompt, perplexity_online,
-                                   plot_passkey, plot_perplexity)
+from dynacomp.dmc.evaluate import (
+    METHODS,
+    EvalOptions,
+    method_runner,
+    passkey,
+    passkey_prompt,
+    perplexity_online,
+    plot_passkey,
+    plot_perplexity,
+)
 
 from .tiny import tiny_model
 

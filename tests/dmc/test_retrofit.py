@@ -17,7 +17,13 @@ import torch
 
 from dynacomp.dmc import DMCConfig, convert, is_dmc_checkpoint, load, load_base, zero_decision_channels
 from dynacomp.dmc.retrofit import (
-    RetrofitConfig, RetrofitTask, _stage_model, calibrate, fold_decision_scale, ratio_loss, retrofit,
+    RetrofitConfig,
+    RetrofitTask,
+    _stage_model,
+    calibrate,
+    fold_decision_scale,
+    ratio_loss,
+    retrofit,
 )
 from tests.dmc.tiny import tiny_model
 

@@ -96,7 +96,8 @@ def test_boundary_estimators_learn_a_toy_pattern(estimator):
     target = (torch.arange(20) % 4 == 3).float()
     logits = torch.zeros(1, 20, requires_grad=True)
     optimizer, baseline = torch.optim.Adam([logits], lr=0.1), EMABaseline(0.9)
-    expected = lambda: (torch.sigmoid(logits) - target).abs().sum().item()
+    def expected():
+        return (torch.sigmoid(logits) - target).abs().sum().item()
     before = expected()
     for _ in range(150):
         if estimator == "reinforce":

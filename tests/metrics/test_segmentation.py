@@ -6,7 +6,11 @@ import numpy as np
 import pytest
 
 from dynacomp.metrics.segmentation import (
-    choose_prominence, peak_boundaries, periodic_boundaries, score, scores_from_counts,
+    choose_prominence,
+    peak_boundaries,
+    periodic_boundaries,
+    score,
+    scores_from_counts,
 )
 
 REF, PRED = [[10, 20, 30]], [[11, 12, 29, 40]]

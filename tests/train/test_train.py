@@ -18,7 +18,13 @@ import torch
 from safetensors.torch import load_file
 
 from dynacomp.train import (
-    CheckpointError, TrainConfig, default_param_groups, latest_checkpoint, load_weights, lr_at, train,
+    CheckpointError,
+    TrainConfig,
+    default_param_groups,
+    latest_checkpoint,
+    load_weights,
+    lr_at,
+    train,
     verify_checkpoint,
 )
 from dynacomp.train.loop import _truncate_metrics

@@ -101,8 +101,8 @@ def main() -> None:
     result = train(task, config, args.out)
 
     # Each rank's view of the final full weights, for the tests to compare across ranks.
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from safetensors.torch import save_file
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     rank, _ = world_info()
     state = get_model_state_dict(task.model, options=StateDictOptions(full_state_dict=True))

@@ -12,7 +12,13 @@ really holds fewer slots.
 from dynacomp.dmc.cache import DMCCache
 from dynacomp.dmc.config import DMCConfig
 from dynacomp.dmc.model import (
-    SUPPORTED_MODEL_TYPES, convert, is_dmc_checkpoint, load, load_base, save, zero_decision_channels,
+    SUPPORTED_MODEL_TYPES,
+    convert,
+    is_dmc_checkpoint,
+    load,
+    load_base,
+    save,
+    zero_decision_channels,
 )
 
 __all__ = ["DMCCache", "DMCConfig", "SUPPORTED_MODEL_TYPES", "convert", "is_dmc_checkpoint", "load", "load_base", "save",

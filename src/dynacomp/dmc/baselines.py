@@ -46,7 +46,7 @@ ATTN_IMPLEMENTATION = "dynacomp_budget"
 # The layer whose keys the next attention call receives: Cache.update runs right before the
 # attention function inside every attention module, and the attention function has no other way
 # to reach the cache.
-_UPDATED_LAYER: ContextVar["BudgetLayer | None"] = ContextVar("dynacomp_budget_layer", default=None)
+_UPDATED_LAYER: ContextVar[BudgetLayer | None] = ContextVar("dynacomp_budget_layer", default=None)
 
 
 # -- policies ---------------------------------------------------------------------------------------
@@ -56,7 +56,7 @@ class StreamingLLM:
     """Attention sinks plus a sliding window: keep the first ``sinks`` tokens and the newest."""
     sinks: int = 4
 
-    def score(self, layer: "BudgetLayer") -> Tensor:
+    def score(self, layer: BudgetLayer) -> Tensor:
         position = layer.positions.float()
         return position.masked_fill(layer.positions < self.sinks, math.inf)
 
@@ -67,7 +67,7 @@ class H2O:
     far), and always the newest ``floor(recent * budget)`` tokens (the paper splits half-half)."""
     recent: float = 0.5
 
-    def score(self, layer: "BudgetLayer") -> Tensor:
+    def score(self, layer: BudgetLayer) -> Tensor:
         protected = math.floor(self.recent * layer.budget)
         return layer.mass.masked_fill(layer.positions >= layer.seen - protected, math.inf)
 
@@ -76,7 +76,7 @@ class H2O:
 class TOVA:
     """Token omission via attention: keep the slots the current (last) query attends to most."""
 
-    def score(self, layer: "BudgetLayer") -> Tensor:
+    def score(self, layer: BudgetLayer) -> Tensor:
         return layer.attention
 
 
@@ -182,7 +182,7 @@ class BudgetCache(Cache):
         super().__init__(layers=[BudgetLayer(policy, cr) for _ in range(num_layers)])
 
     @classmethod
-    def for_model(cls, model, policy: Policy, cr: float) -> "BudgetCache":
+    def for_model(cls, model, policy: Policy, cr: float) -> BudgetCache:
         return cls(model.config.num_hidden_layers, policy, cr)
 
     def stats(self) -> dict:

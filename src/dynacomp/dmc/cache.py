@@ -248,7 +248,7 @@ class DMCCache(Cache):
         self.finished: Tensor | None = None  # (B,) released sequences: later tokens are not stored
 
     @classmethod
-    def for_model(cls, model) -> "DMCCache":
+    def for_model(cls, model) -> DMCCache:
         config = model.dmc_config
         return cls(model.config.num_hidden_layers, config.page_size, config.window)
 

@@ -45,7 +45,7 @@ class DMCConfig:
         write_json(path, {**to_dict(self), **extra})
 
     @classmethod
-    def load(cls, path: Path) -> tuple["DMCConfig", dict]:
+    def load(cls, path: Path) -> tuple[DMCConfig, dict]:
         """The config and the extra keys stored beside it (e.g. the base model type)."""
         values = json.loads(Path(path).read_text())
         names = cls.__dataclass_fields__.keys()

@@ -46,7 +46,7 @@ def _extension():
                     sources=[str(Path(__file__).with_name("csrc") / "paged_decode.cpp")],
                     extra_cflags=flags + openmp, extra_ldflags=openmp)
     except Exception as error:  # no compiler, no OpenMP, ...: decoding still works, more slowly
-        warnings.warn(f"dynacomp's native DMC decode kernel could not be built, using the PyTorch path: {error}")
+        warnings.warn(f"dynacomp's native DMC decode kernel could not be built, using the PyTorch path: {error}", stacklevel=2)
         return None
 
 

@@ -158,7 +158,7 @@ class QuantizedKVCache(Cache):
         super().__init__(layers=[QuantizedLayer(bits, group, residual) for _ in range(num_layers)])
 
     @classmethod
-    def for_model(cls, model, bits: int, group: int = 64, residual: int = 128) -> "QuantizedKVCache":
+    def for_model(cls, model, bits: int, group: int = 64, residual: int = 128) -> QuantizedKVCache:
         return cls(model.config.num_hidden_layers, bits, group, residual)
 
     def stats(self) -> dict:

@@ -37,8 +37,8 @@ from dynacomp.config import field
 from dynacomp.hcpc.losses import aligned_cpc_loss, cpc_loss, frame_negatives, neighbour_cpc_loss
 from dynacomp.metrics.segmentation import peak_boundaries
 from dynacomp.nn.boundaries import gumbel_sigmoid_boundaries
-from dynacomp.nn.pooling import mean_pool
 from dynacomp.nn.policy import EMABaseline, bernoulli_boundaries, bernoulli_entropy, reinforce_loss, window_rate_loss
+from dynacomp.nn.pooling import mean_pool
 from dynacomp.nn.vq import VectorQuantizer
 
 KERNELS, STRIDES, PADDING = (10, 8, 4, 4, 4), (5, 4, 2, 2, 2), (3, 2, 1, 1, 1)

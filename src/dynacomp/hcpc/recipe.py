@@ -19,7 +19,7 @@ from dynacomp.data.speech_corpora import load_speech, speech_set_id
 from dynacomp.hcpc.model import HCPC, HCPCConfig
 from dynacomp.io import write_json
 from dynacomp.nn import VectorQuantizer
-from dynacomp.train import Trainer, TrainConfig, TrainResult, load_weights, read_run_record, seed_everything, train
+from dynacomp.train import TrainConfig, Trainer, TrainResult, load_weights, read_run_record, seed_everything, train
 
 RUN_FILE = "hcpc.json"
 

@@ -30,8 +30,15 @@ from dynacomp.console import progress
 from dynacomp.io import write_text
 from dynacomp.train import checkpoint as ckpt
 from dynacomp.train.distributed import (
-    all_mean, barrier, broadcast_from_main, gather_to_main, resolve_strategy, setup, unwrap, wrap_model,
+    all_mean,
+    barrier,
+    broadcast_from_main,
+    gather_to_main,
+    resolve_strategy,
+    setup,
+    unwrap,
     world_info,
+    wrap_model,
 )
 from dynacomp.train.schedule import lr_at
 
@@ -177,7 +184,9 @@ def save(trainer: Trainer, task: Any) -> Path:
     # Imported here: torch.distributed.checkpoint takes ~1 s to import, and most importers of
     # dynacomp.train only want TrainConfig.
     from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
     )
 
     full = StateDictOptions(full_state_dict=True, cpu_offload=True)  # rank 0 gets everything, on CPU
@@ -198,7 +207,9 @@ def save(trainer: Trainer, task: Any) -> Path:
 def load(trainer: Trainer, task: Any, folder: Path, *, verify: bool = True) -> int:
     """Restore model, optimizer, RNG and task state from ``folder`` (on every rank); returns its step."""
     from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions, set_model_state_dict, set_optimizer_state_dict,
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
     )
 
     model_state, optimizer_state, state = ckpt.read_checkpoint(folder, verify=verify)

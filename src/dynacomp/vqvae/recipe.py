@@ -18,8 +18,15 @@ from dynacomp.io import write_json
 from dynacomp.metrics.codebook import code_counts, normalized_usage, perplexity
 from dynacomp.nn import VectorQuantizer, VQConfig
 from dynacomp.train import (
-    TrainConfig, Trainer, TrainResult, default_param_groups, is_main_process, load_weights, read_run_record,
-    seed_everything, train,
+    TrainConfig,
+    Trainer,
+    TrainResult,
+    default_param_groups,
+    is_main_process,
+    load_weights,
+    read_run_record,
+    seed_everything,
+    train,
 )
 from dynacomp.vqvae.features import SpeechFrames, load_frames
 from dynacomp.vqvae.model import VQVAE, VQVAEConfig
