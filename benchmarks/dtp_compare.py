@@ -218,7 +218,7 @@ def report(args, rows, planned, command, host, started) -> None:
             loaded = load_run(args.runs / run_name(row["data"], row["method"]))
             with torch.no_grad():
                 b = loaded.model(text_ids[None]).boundaries[0].int().tolist()
-            plot_boundaries("".join(loaded.vocab[i] for i in text_ids.tolist()), b,
+            plot_boundaries("".join(loaded.record["vocab"][i] for i in text_ids.tolist()), b,
                             args.results / f"dtp_boundaries_{row['method']}.png", row["method"])
 
     vanilla = {r["data"]: r["bpc"] for r in rows if r["method"] == "vanilla"}

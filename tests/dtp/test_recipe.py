@@ -26,13 +26,15 @@ def test_train_unigram_then_load_evaluate_and_sample(tmp_path, monkeypatch):
                        TrainConfig(steps=3, log_every=1, warmup_steps=0, checkpoint_every=0), tmp_path / "run", data)
     assert result.step == 3 and {"bpc", "aux", "boundary_rate", "tokens_per_s"} <= result.metrics.keys()
     loaded = load_run(tmp_path / "run")
-    assert loaded.vocab == data.vocab and loaded.config.vocab_size == 9 and loaded.config.whitespace_ids == (0,)
+    config = loaded.record["model"]
+    assert loaded.record["vocab"] == data.vocab and config.vocab_size == 9 and config.whitespace_ids == (0,)
+    assert loaded.record["run"] == run
     scores = evaluate(loaded.model, data.splits["test"], window=32, stride=8)
     assert scores["chars"] == 599 and 0 < scores["bpc"] < 6
     assert generate(loaded.model, data.splits["test"][None, :4], 10).shape == (1, 14)
 
     # A character's Unigram target is the one at its own position (not its successor's).
-    task = DTPTask(loaded.config, run, data)
+    task = DTPTask(config, run, data)
     task.targets = torch.arange(len(task.stream))
     batch = task.batch(0, 0, 0, 1)
     assert torch.equal(task.stream[batch["boundary_targets"]], batch["ids"])

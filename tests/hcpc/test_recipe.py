@@ -49,7 +49,7 @@ def test_train_resume_evaluate_segment(speech, tmp_path):
     again = train_run(TINY, run, TrainConfig(steps=3, checkpoint_every=1, log_every=1, warmup_steps=0), out)
     assert (first.step, again.step) == (2, 3)
     loaded = load_run(out)
-    assert loaded.config == TINY and loaded.checkpoint.name == "step_000003"
+    assert loaded.record["model"] == TINY and loaded.model.config == TINY and loaded.checkpoint.name == "step_000003"
     result = evaluate(loaded.model, speech, EvalConfig(probe_steps=5, probe_utterances=2))
     assert set(result["segmentation"]) == {"periodic", "peaks", "model", "model_peaks"}
     assert set(result["segmentation"]["model"]["strict"]) >= {"precision", "recall", "f1", "r_value"}

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from dynacomp.train import (
     TrainConfig,
     default_param_groups,
     latest_checkpoint,
+    load_trained_run,
     load_weights,
     lr_at,
     train,
@@ -170,6 +172,23 @@ def test_checkpoints_are_complete_pruned_and_verified(tmp_path):
 
     with pytest.raises(FileExistsError, match="resume=False"):
         train(toy.ToyTask(), small(), out, resume=False)
+
+
+@dataclass
+class ToyConfig:
+    dropout: float = 0.0
+
+
+def test_load_trained_run_builds_the_model_from_its_record(tmp_path):
+    out = tmp_path / "run"
+    result = train(toy.ToyTask(), small(steps=4), out)
+    (out / "toy.json").write_text(json.dumps({"model": {"dropout": 0.25}, "other": None, "note": "kept"}))
+    loaded = load_trained_run(out, "toy.json", "make toy", {"model": ToyConfig, "other": ToyConfig},
+                              lambda record: toy.ToyModel(record["model"].dropout))
+    assert loaded.record == {"model": ToyConfig(0.25), "other": None, "note": "kept"}
+    assert loaded.checkpoint == result.checkpoint and not loaded.model.training
+    with pytest.raises(FileNotFoundError, match="make toy"):
+        load_trained_run(out, "missing.json", "make toy", {}, lambda record: toy.ToyModel())
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "no_manifest"])

@@ -76,9 +76,10 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _run_data(loaded: LoadedRun) -> CharData:
-    data = load_data(loaded.run.data)
-    if data.vocab != loaded.vocab:
-        raise SystemExit(f"the vocabulary of {loaded.run.data} changed since the run was trained; "
+    corpus = loaded.record["run"].data
+    data = load_data(corpus)
+    if data.vocab != loaded.record["vocab"]:
+        raise SystemExit(f"the vocabulary of {corpus} changed since the run was trained; "
                          "evaluate on the data it was trained with")
     return data
 
@@ -86,16 +87,18 @@ def _run_data(loaded: LoadedRun) -> CharData:
 def _eval(args: argparse.Namespace) -> None:
     loaded = load_run(args.run)
     data = _run_data(loaded)
-    result = evaluate(loaded.model, data.splits[args.split], loaded.run.seq_len,
-                      args.stride or loaded.run.eval_stride, args.batch_size, args.max_chars)
-    emit({"run": str(args.run), "split": args.split, "boundaries": loaded.config.boundaries,
+    run = loaded.record["run"]
+    result = evaluate(loaded.model, data.splits[args.split], run.seq_len, args.stride or run.eval_stride,
+                      args.batch_size, args.max_chars)
+    emit({"run": str(args.run), "split": args.split, "boundaries": loaded.model.config.boundaries,
           "checkpoint": str(loaded.checkpoint), **result}, args.json)
 
 
 def _encode(loaded: LoadedRun, text: str) -> torch.Tensor:
-    if loaded.language:
-        text = clean_text8(text, loaded.language)
-    data = CharData(loaded.vocab, loaded.language, {})
+    language = loaded.record["language"]
+    if language:
+        text = clean_text8(text, language)
+    data = CharData(loaded.record["vocab"], language, {})
     if not text:
         raise SystemExit("the text is empty after cleaning: give some letters of the training language")
     return data.encode(text)
@@ -114,18 +117,18 @@ def _sample(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     ids = generate(loaded.model, prompt, args.chars, args.temperature, args.top_k, not args.no_cache, g)
     seconds = time.perf_counter() - start
-    text = "".join(loaded.vocab[i] for i in ids[0].tolist())
+    text = "".join(loaded.record["vocab"][i] for i in ids[0].tolist())
     result = {"prompt": text[:prompt.shape[1]], "text": text, "chars_per_s": args.chars / seconds,
               "cached": not args.no_cache}
     if args.plot:
         result["plot"] = str(plot_boundaries(text, _boundaries(loaded, ids[0]), args.plot,
-                                             f"{args.run.name}: {loaded.config.boundaries}"))
+                                             f"{args.run.name}: {loaded.model.config.boundaries}"))
     emit(result, args.json, render=lambda r: r["text"])
 
 
 def _plot(args: argparse.Namespace) -> None:
     loaded = load_run(args.run)
     ids = _encode(loaded, args.text) if args.text else _run_data(loaded).splits["validation"][:args.chars]
-    text = "".join(loaded.vocab[i] for i in ids.tolist())
-    path = plot_boundaries(text, _boundaries(loaded, ids), args.out, f"{args.run.name}: {loaded.config.boundaries}")
+    text = "".join(loaded.record["vocab"][i] for i in ids.tolist())
+    path = plot_boundaries(text, _boundaries(loaded, ids), args.out, f"{args.run.name}: {loaded.model.config.boundaries}")
     print(path)

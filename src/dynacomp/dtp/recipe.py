@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dynacomp.config import config_from_dict, field, to_dict
+from dynacomp.config import field, to_dict
 from dynacomp.dtp.config import DTPConfig
 from dynacomp.dtp.data import CharData, load_data, load_unigram_targets
 from dynacomp.dtp.model import HourglassLM
 from dynacomp.io import write_json
-from dynacomp.train import TrainConfig, TrainResult, load_weights, read_run_record, seed_everything, train
+from dynacomp.train import LoadedRun, TrainConfig, TrainResult, load_trained_run, seed_everything, train
 
 RUN_FILE = "dtp.json"
 
@@ -87,22 +87,8 @@ def train_run(config: DTPConfig, run: RunConfig, train_config: TrainConfig, out_
     return train(DTPTask(config, run, data, train_config.seed, train_config.grad_accum), train_config, out_dir)
 
 
-@dataclass
-class LoadedRun:
-    model: HourglassLM
-    config: DTPConfig
-    run: RunConfig
-    vocab: str
-    language: str
-    checkpoint: Path
-
-
-def load_run(path: str | Path) -> LoadedRun:
-    """The trained model of a run folder (its latest checkpoint) in eval mode, on the CPU."""
-    path = Path(path)
-    saved = read_run_record(path, RUN_FILE, "dynacomp dtp train --out DIR")
-    config = config_from_dict(DTPConfig, saved["model"])
-    model = HourglassLM(config)
-    checkpoint = load_weights(model, path)
-    return LoadedRun(model.eval(), config, config_from_dict(RunConfig, saved["run"]), saved["vocab"],
-                     saved["language"], checkpoint)
+def load_run(path: str | Path) -> LoadedRun[HourglassLM]:
+    """The trained model of a run folder (its latest checkpoint) in eval mode, on the CPU; its record
+    holds ``model`` (the ``DTPConfig``), ``run`` (the ``RunConfig``), ``vocab`` and ``language``."""
+    return load_trained_run(path, RUN_FILE, "dynacomp dtp train --out DIR", {"model": DTPConfig, "run": RunConfig},
+                            lambda record: HourglassLM(record["model"]))

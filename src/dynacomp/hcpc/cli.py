@@ -80,7 +80,7 @@ def _segment(args: argparse.Namespace) -> None:
 def _eval(args: argparse.Namespace) -> None:
     loaded = load_run(args.run)
     config = config_from_args(EvalConfig, args)
-    data = args.data or loaded.run.data
+    data = args.data or loaded.record["run"].data
     result = {"run": str(args.run), "checkpoint": str(loaded.checkpoint), "data": str(data),
               **evaluate(loaded.model, data, config)}
     if args.plot:
@@ -88,7 +88,7 @@ def _eval(args: argparse.Namespace) -> None:
         # the readout the high-level features use: logit peaks at the strict prominence from validation
         segmentation = loaded.model.segment(read_audio(utt), result.get("high_level_prominence"))
         seconds = FRAME / utt.sample_rate
-        predicted = segmentation.boundaries if loaded.config.hierarchical else []
+        predicted = segmentation.boundaries if loaded.model.config.hierarchical else []
         result["plot"] = str(plot_segmentation(read_audio(utt).numpy(), utt.sample_rate, [f * seconds for f in predicted],
                                                args.plot, [f * seconds for f in boundaries_in_frames(utt)], utt.id))
     emit(result, args.json)

@@ -13,13 +13,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from dynacomp.config import config_from_dict, field, to_dict
+from dynacomp.config import field, to_dict
 from dynacomp.data.speech import SAMPLE_RATE, Utterance, read_audio
 from dynacomp.data.speech_corpora import load_speech, speech_set_id
 from dynacomp.hcpc.model import HCPC, HCPCConfig
 from dynacomp.io import write_json
 from dynacomp.nn import VectorQuantizer
-from dynacomp.train import TrainConfig, Trainer, TrainResult, load_weights, read_run_record, seed_everything, train
+from dynacomp.train import LoadedRun, TrainConfig, Trainer, TrainResult, load_trained_run, seed_everything, train
 
 RUN_FILE = "hcpc.json"
 
@@ -107,19 +107,8 @@ def train_run(config: HCPCConfig, run: RunConfig, train_config: TrainConfig, out
     return train(HCPCTask(config, run, audio, train_config.seed), train_config, out_dir)
 
 
-@dataclass
-class LoadedRun:
-    model: HCPC
-    config: HCPCConfig
-    run: RunConfig
-    checkpoint: Path
-
-
-def load_run(path: str | Path) -> LoadedRun:
-    """The trained model of a run folder (its latest checkpoint) in eval mode, on the CPU."""
-    path = Path(path)
-    saved = read_run_record(path, RUN_FILE, "dynacomp hcpc train --out DIR")
-    config = config_from_dict(HCPCConfig, saved["model"])
-    model = HCPC(config)
-    checkpoint = load_weights(model, path)
-    return LoadedRun(model.eval(), config, config_from_dict(RunConfig, saved["run"]), checkpoint)
+def load_run(path: str | Path) -> LoadedRun[HCPC]:
+    """The trained model of a run folder (its latest checkpoint) in eval mode, on the CPU; its record
+    holds ``model`` (the ``HCPCConfig``) and ``run`` (the ``RunConfig``)."""
+    return load_trained_run(path, RUN_FILE, "dynacomp hcpc train --out DIR", {"model": HCPCConfig, "run": RunConfig},
+                            lambda record: HCPC(record["model"]))

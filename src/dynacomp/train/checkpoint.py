@@ -223,17 +223,6 @@ def read_checkpoint(folder: str | os.PathLike, *, verify: bool = True
     return model_state, optimizer_state, trainer_state
 
 
-def read_run_record(out_dir: str | os.PathLike, filename: str, make_it: str) -> dict:
-    """The JSON record a recipe wrote beside its checkpoints (model config, run options, ...).
-
-    ``make_it`` is the command that creates such a run, for the error when the record is missing.
-    """
-    path = Path(out_dir) / filename
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {out_dir} is not such a run folder (make one with `{make_it}`)")
-    return json.loads(path.read_text())
-
-
 def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = True) -> Path:
     """Load the weights of a checkpoint into a plain (unwrapped) ``model``; returns the folder used.
 

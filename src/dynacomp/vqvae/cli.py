@@ -68,7 +68,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    model, run = load_run(args.run)
+    loaded = load_run(args.run)
+    model, run = loaded.model, loaded.record
     data = args.data or Path(run["data"])
     mean, std = torch.tensor(run["mean"]), torch.tensor(run["std"])
     frames = {split: load_frames(data, split, model.config.n_mels).normalized(mean, std)

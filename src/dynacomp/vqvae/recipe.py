@@ -12,19 +12,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from dynacomp.config import config_from_dict, to_dict
+from dynacomp.config import to_dict
 from dynacomp.data.speech_corpora import speech_set_id
 from dynacomp.io import write_json
 from dynacomp.metrics.codebook import code_counts, normalized_usage, perplexity
 from dynacomp.nn import VectorQuantizer, VQConfig
 from dynacomp.train import (
+    LoadedRun,
     TrainConfig,
     Trainer,
     TrainResult,
     default_param_groups,
     is_main_process,
-    load_weights,
-    read_run_record,
+    load_trained_run,
     seed_everything,
     train,
 )
@@ -126,13 +126,14 @@ def train_vqvae(data: str | Path, out: str | Path, model_config: VQVAEConfig, vq
     return model.eval(), result
 
 
-def load_run(out: str | Path) -> tuple[VQVAE, dict[str, Any]]:
-    """The trained model of a run folder (in eval mode) and its ``run.json``."""
-    out = Path(out)
-    run = read_run_record(out, RUN_FILE, f"dynacomp vq train --data DIR --out {out}")
-    if run["quantizer"] != "dynacomp":
-        raise ValueError(f"{out} was trained with the quantiser {run['quantizer']}; only runs of "
-                         "dynacomp's VectorQuantizer can be loaded from their folder")
-    model = VQVAE(config_from_dict(VQVAEConfig, run["model"]), config_from_dict(VQConfig, run["vq"]))
-    load_weights(model, out)
-    return model.eval(), run
+def load_run(out: str | Path) -> LoadedRun[VQVAE]:
+    """The trained model of a run folder (its latest checkpoint) in eval mode, on the CPU; its record
+    holds ``data``, ``model`` (the ``VQVAEConfig``), ``vq`` (the ``VQConfig``), ``quantizer``, ``mean``, ``std``."""
+    def build(record: dict[str, Any]) -> VQVAE:
+        if record["quantizer"] != "dynacomp":
+            raise ValueError(f"{out} was trained with the quantiser {record['quantizer']}; only runs of "
+                             "dynacomp's VectorQuantizer can be loaded from their folder")
+        return VQVAE(record["model"], record["vq"])
+
+    return load_trained_run(out, RUN_FILE, f"dynacomp vq train --data DIR --out {out}",
+                            {"model": VQVAEConfig, "vq": VQConfig}, build)
