@@ -8,6 +8,8 @@ from dynacomp.dtp.data import CharData, build_vocab, train_unigram, unigram_targ
 from dynacomp.dtp.eval import eval_windows, evaluate
 from tests.dtp.tiny import random_ids, tiny_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TEXT = " ".join(["the civil aviation authority", "a civil servant", "the aviation of the state"] * 60)
 
 

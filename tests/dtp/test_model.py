@@ -6,6 +6,8 @@ from dynacomp.dtp import SOURCES, DTPConfig, generate
 from dynacomp.dtp.sources import EntropyBoundaries, UnigramBoundaries
 from tests.dtp.tiny import VOCAB, random_ids, tiny_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _forward(model, ids, seed=0):
     torch.manual_seed(seed)  # the same Gumbel noise and dropout masks for both texts

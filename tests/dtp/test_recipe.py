@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 
 from dynacomp.cli import main
@@ -7,6 +8,8 @@ from dynacomp.dtp import DTPConfig, RunConfig, evaluate, generate, load_run, tra
 from dynacomp.dtp.data import CharData
 from dynacomp.dtp.recipe import DTPTask
 from dynacomp.train import TrainConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = dict(n_pre=1, n_mid=1, n_post=1, d_model=16, n_heads=2, d_ff=32)
 

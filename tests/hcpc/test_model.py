@@ -10,6 +10,8 @@ from dynacomp.metrics.segmentation import peak_boundaries
 from dynacomp.nn.boundaries import gumbel_sigmoid_boundaries
 from dynacomp.nn.policy import EMABaseline, bernoulli_boundaries, reinforce_loss
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TINY = dict(dim=32, negatives=8, codebook_size=16, vq_bypass_steps=0, vq_reestimate_every=0, predict_steps=4)
 
 

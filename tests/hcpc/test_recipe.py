@@ -19,6 +19,8 @@ from dynacomp.metrics.segmentation import peak_boundaries
 from dynacomp.train import TrainConfig
 from tests.data.fakes import fake_timit
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TINY = HCPCConfig(dim=16, negatives=4, codebook_size=8, vq_bypass_steps=1, vq_reestimate_every=1, predict_steps=3)
 
 
