@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import shlex
 import sys
 from pathlib import Path
 
 import torch
+from common import machine
 
 from dynacomp.dmc.eval_cli import MethodConfig, load_for_eval
 from dynacomp.dmc.evaluate import LABELS, EvalOptions, passkey, perplexity_online, plot_passkey, plot_perplexity
@@ -32,13 +31,6 @@ EVICTION = ("dmc_forced", "streaming_llm", "h2o", "tova")
 QUANTISED = ("int8", "int4")
 SMOKE = dict(crs=[4], context=32, max_tokens=64, batch_size=2, passkey_lengths=[96], trials=1,
              chunk=1, out=Path("/tmp/dmc_quality_smoke/dmc_quality.md"))
-
-
-def machine(device: str) -> str:
-    cpu = platform.processor() or platform.machine()
-    if device.startswith("cuda"):
-        return f"{torch.cuda.get_device_name(device)}, {os.cpu_count()} CPU cores ({cpu})"
-    return f"{os.cpu_count()} CPU cores ({cpu}), {torch.get_num_threads()} torch threads, no GPU"
 
 
 def perplexity_table(rows: list[dict]) -> str:

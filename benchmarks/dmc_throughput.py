@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import shlex
 import sys
 from dataclasses import replace
 from pathlib import Path
+
+from common import machine
 
 from dynacomp.dmc.bench import BenchConfig, measure_in_worker, run
 from dynacomp.dmc.config import DMCConfig
@@ -61,9 +61,9 @@ def main() -> None:
     paired = measure_in_worker("paired", args.paired, replace(config, context=max(args.contexts))) if args.paired else None
 
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-    machine = f"{os.cpu_count()} CPU cores ({platform.machine()}), no GPU"
+    host = machine()
     date = datetime.date.today().isoformat()
-    lines = [f"# DMC decode throughput\n\nCommand: `{command}`  \nMachine: {machine}  \nDate: {date}  \n"
+    lines = [f"# DMC decode throughput\n\nCommand: `{command}`  \nMachine: {host}  \nDate: {date}  \n"
              f"Model: {args.model}, batch {args.batch}, {args.new_tokens} timed decode steps (medians), "
              f"page size {args.page_size}.\n"]
     if rows:
@@ -94,7 +94,7 @@ def main() -> None:
         lines += [f"| dmc | {r['cr']:.2f} | {r['tokens_per_s']:.1f} | {r['attention_share']:.0%} | "
                   f"{r['kv_bytes'] / 2**20:.0f} | {r['speedup_vs_vanilla']:.2f} |" for r in paired["dmc"]]
     write_text(args.out, "\n".join(lines) + "\n")
-    write_json(args.out.with_suffix(".json"), {"command": command, "machine": machine, "date": date,
+    write_json(args.out.with_suffix(".json"), {"command": command, "machine": host, "date": date,
                                                "rows": rows, "max_batch": budgets, "paired": paired})
     print(args.out.read_text())
 

@@ -24,8 +24,6 @@ import dataclasses
 import datetime
 import json
 import math
-import os
-import platform
 import shlex
 import statistics
 import sys
@@ -34,6 +32,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import machine
 
 from dynacomp.dtp import DTPConfig, RunConfig, evaluate, load_run, train_run
 from dynacomp.dtp.data import load_data
@@ -131,17 +130,6 @@ def plan(args: argparse.Namespace) -> dict:
 def run_name(data: str, method: str) -> str:
     """A folder name: data names may hold paths (text8:/data/text8)."""
     return f"{data}-{method}".replace("/", "_").replace(":", "_")
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    if Path("/proc/cpuinfo").exists():
-        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{cpu}, {os.cpu_count()} cores, CPU only, torch {torch.__version__} with {torch.get_num_threads()} "
-            f"threads, load average {load:.1f} at the start")
 
 
 def main() -> None:

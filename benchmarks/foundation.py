@@ -12,12 +12,13 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from common import machine
 
 from dynacomp.io import write_json, write_text
 
@@ -70,13 +71,13 @@ def main() -> None:
         rows[f"text {name}: MB (train / validation / test chars)"] = (
             f"{info['bytes'] / 1e6:.2f} ({' / '.join(str(s['chars']) for s in info['splits'].values())})")
 
-    machine = f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU"
+    host = machine()
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     date = datetime.date.today().isoformat()
     table = "\n".join(f"| {k} | {v:.2f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in rows.items())
-    write_text(args.out, f"# Foundation timings\n\nCommand: `{command}`  \nMachine: {machine}  \nDate: {date}\n\n"
+    write_text(args.out, f"# Foundation timings\n\nCommand: `{command}`  \nMachine: {host}  \nDate: {date}\n\n"
                          f"| measurement | value |\n|---|---|\n{table}\n")
-    write_json(args.out.with_suffix(".json"), {"command": command, "machine": machine, "date": date, **rows})
+    write_json(args.out.with_suffix(".json"), {"command": command, "machine": host, "date": date, **rows})
     print(args.out.read_text())
 
 

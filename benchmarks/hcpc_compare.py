@@ -25,14 +25,13 @@ import argparse
 import datetime
 import json
 import math
-import os
-import platform
 import shlex
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
+from common import machine
 
 from dynacomp.data.speech import boundaries_in_frames, read_audio
 from dynacomp.data.speech_corpora import load_speech
@@ -129,8 +128,7 @@ def segmentation_rows(results: dict) -> list[tuple[str, dict]]:
 def report(args: argparse.Namespace, steps: int, results: dict, mean_frames: float, plot: Path | None) -> str:
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     lines = ["# Variable-rate hierarchical CPC: phone segmentation on held-out voices", "",
-             f"Command: `{command}`  ", f"Machine: {os.cpu_count()} CPU cores ({platform.machine()}), "
-             f"torch threads {torch.get_num_threads()}, no GPU  ", f"Date: {datetime.date.today().isoformat()}  ",
+             f"Command: `{command}`  ", f"Machine: {machine()}  ", f"Date: {datetime.date.today().isoformat()}  ",
              f"Data: `{args.data}` (test voices never heard in training); {steps} steps per run, batch "
              f"{args.batch_size} x {args.window} samples, width {args.dim}, {args.negatives} negatives, "
              f"{'ACPC' if args.aligned else 'CPC'} low-level loss; "

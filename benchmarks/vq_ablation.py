@@ -20,14 +20,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import os
-import platform
 import shlex
 import sys
 import time
 from pathlib import Path
 
 import torch
+from common import machine
 
 from dynacomp.io import write_json, write_text
 from dynacomp.nn import VQConfig
@@ -76,14 +75,6 @@ def library_quantizer(dim: int, codebook_size: int) -> torch.nn.Module:
                           commitment_weight=VQConfig().commitment)
 
 
-def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"cpus": os.cpu_count(), "cpu": cpu, "torch_threads": torch.get_num_threads(), "gpu": None,
-            "torch": torch.__version__, "python": platform.python_version(),
-            "load_average_at_start": list(os.getloadavg())}
-
-
 METRICS = ("usage", "perplexity", "dead_codes", "recon_mse", "purity", "code_accuracy", "probe_accuracy",
            "train_usage", "train_seconds")
 
@@ -125,7 +116,7 @@ def main() -> None:
     args = parser.parse_args()
     command = shlex.join(["python", "benchmarks/vq_ablation.py", *sys.argv[1:]])
     started = datetime.datetime.now(datetime.UTC)
-    info = machine()
+    host = machine()
 
     model_config = VQVAEConfig(hidden=args.hidden, batch_size=args.batch_size)
     train_config = TrainConfig(steps=args.steps, lr=args.lr, warmup_steps=min(100, args.steps // 10), weight_decay=0.0,
@@ -155,16 +146,14 @@ def main() -> None:
         results[variant] = {"mean": mean_over_seeds(runs), "seeds": runs, "vq_config": vars(vq) if vq else None}
 
     finished = datetime.datetime.now(datetime.UTC)
-    note = (f"{command}\n{info['cpus']} CPU cores ({info['cpu']}), no GPU, torch {info['torch']}; "
-            f"{started:%Y-%m-%d %H:%M} UTC; {args.steps} steps, K={args.codebook_size}")
+    note = f"{command}\n{host}; {started:%Y-%m-%d %H:%M} UTC; {args.steps} steps, K={args.codebook_size}"
     write_json(args.results / "vq_ablation.json", {
-        "command": command, "machine": info, "started": started.isoformat(), "finished": finished.isoformat(),
+        "command": command, "machine": host, "started": started.isoformat(), "finished": finished.isoformat(),
         "data": str(args.data.resolve()), "model": vars(model_config), "train": vars(train_config) | {"seed": args.seeds},
         "codebook_size": args.codebook_size, "results": results})
     write_text(args.results / "vq_ablation.md",
-               f"# VQ ablation (generated)\n\nCommand: `{command}`  \nMachine: {info['cpus']} CPU cores, "
-               f"{info['cpu']}, no GPU, torch {info['torch']} (load average at start "
-               f"{info['load_average_at_start'][0]:.1f}: a shared machine, times are noisy)  \n"
+               f"# VQ ablation (generated)\n\nCommand: `{command}`  \nMachine: {host} (a shared machine: "
+               "times are noisy)  \n"
                f"Date: {started:%Y-%m-%d %H:%M} – {finished:%H:%M} UTC  \n"
                f"Codebook K = {args.codebook_size}, {args.steps} steps of {model_config.batch_size} x "
                f"{model_config.crop_frames} frames, seeds {' '.join(map(str, args.seeds))} (the table gives means); "

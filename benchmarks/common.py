@@ -1,0 +1,27 @@
+"""What every benchmark's results page states about the machine it ran on."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+
+def cpu_name() -> str:
+    """The CPU's model name where Linux tells it, else what the platform module knows."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def machine(device: str = "cpu") -> str:
+    """One line naming the hardware and software a result was measured on, and the load at the
+    start (timings on a shared machine are noisy)."""
+    gpu = torch.cuda.get_device_name(device) if device.startswith("cuda") else "no GPU"
+    return (f"{cpu_name()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads, {gpu}, "
+            f"torch {torch.__version__}, load average {os.getloadavg()[0]:.1f} at the start")
