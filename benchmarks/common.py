@@ -1,4 +1,4 @@
-"""What every benchmark's results page states about the machine it ran on."""
+"""What every benchmark's results page states: the machine it ran on, and paths as the repository sees them."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import platform
 from pathlib import Path
 
 import torch
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def cpu_name() -> str:
@@ -25,3 +27,12 @@ def machine(device: str = "cpu") -> str:
     gpu = torch.cuda.get_device_name(device) if device.startswith("cuda") else "no GPU"
     return (f"{cpu_name()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads, {gpu}, "
             f"torch {torch.__version__}, load average {os.getloadavg()[0]:.1f} at the start")
+
+
+def repo_path(path: Path) -> str:
+    """``path`` relative to the repository when it lies inside it, so a record names no folder of
+    the machine it ran on; a path outside stays as given."""
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)

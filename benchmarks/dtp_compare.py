@@ -1,7 +1,7 @@
 """Dynamic token pooling: every boundary source trained the same number of steps, side by side.
 
     python benchmarks/dtp_compare.py --minutes 30                 # the acceptance run (~4 h)
-    python benchmarks/dtp_compare.py --minutes 1 --runs /tmp/dtp --results /tmp/dtp/results   # a smoke run
+    python benchmarks/dtp_compare.py --minutes 1 --runs runs/smoke/dtp --results runs/smoke/dtp/results   # a smoke run
 
 Phases, each resumable (re-running the same command continues where it stopped):
 

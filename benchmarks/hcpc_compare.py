@@ -3,7 +3,7 @@
     dynacomp data speech --hours 1 --out runs/speech_1h                      # the data (~1 min)
     python benchmarks/hcpc_compare.py --data runs/speech_1h --minutes 20      # the acceptance run
     python benchmarks/hcpc_compare.py --data runs/speech_1h --steps 3 --dim 32 --eval-utterances 4 \\
-        --runs /tmp/hcpc --results /tmp/hcpc/results                        # a smoke run
+        --runs runs/smoke/hcpc --results runs/smoke/hcpc/results            # a smoke run
 
 Trains, each with ``dynacomp.train`` into RUNS/<method>/ for the same number of steps (resumable:
 re-running the same command continues):

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import machine
+from common import machine, repo_path
 
 from dynacomp.io import write_json, write_text
 from dynacomp.nn import VQConfig
@@ -149,7 +149,7 @@ def main() -> None:
     note = f"{command}\n{host}; {started:%Y-%m-%d %H:%M} UTC; {args.steps} steps, K={args.codebook_size}"
     write_json(args.results / "vq_ablation.json", {
         "command": command, "machine": host, "started": started.isoformat(), "finished": finished.isoformat(),
-        "data": str(args.data.resolve()), "model": vars(model_config), "train": vars(train_config) | {"seed": args.seeds},
+        "data": repo_path(args.data), "model": vars(model_config), "train": vars(train_config) | {"seed": args.seeds},
         "codebook_size": args.codebook_size, "results": results})
     write_text(args.results / "vq_ablation.md",
                f"# VQ ablation (generated)\n\nCommand: `{command}`  \nMachine: {host} (a shared machine: "
