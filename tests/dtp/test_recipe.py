@@ -55,7 +55,12 @@ def test_cli_train_eval_sample_plot(tmp_path, capsys):
     assert main(["dtp", "sample", "--run", str(run), "--prompt", "To be, or not", "--chars", "12",
                  "--plot", str(tmp_path / "s.png"), "--json"]) == 0
     sample = json.loads(capsys.readouterr().out)
-    assert sample["text"].startswith("to be or not") and len(sample["text"]) == 12 + 12
+    assert sample["text"].startswith("to be or not") and len(sample["text"]) == 12 + 12 and sample["cached"]
+    (tmp_path / "greedy.json").write_text(json.dumps({"temperature": 0, "chars": 5}))
+    assert main(["dtp", "sample", "--run", str(run), "--prompt", "To be", "--config", str(tmp_path / "greedy.json"),
+                 "--no-cache", "--json"]) == 0
+    greedy = json.loads(capsys.readouterr().out)
+    assert len(greedy["text"]) == 5 + 5 and not greedy["cached"]
     assert (tmp_path / "s.png").stat().st_size > 0
     assert main(["dtp", "plot", "--run", str(run), "--out", str(tmp_path / "p.png"), "--chars", "100"]) == 0
     assert (tmp_path / "p.png").stat().st_size > 0

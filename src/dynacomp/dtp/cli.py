@@ -13,10 +13,10 @@ from dynacomp.console import add_json_flag, emit
 from dynacomp.data.text import clean_text8
 from dynacomp.dtp.config import DTPConfig
 from dynacomp.dtp.data import CharData, load_data
-from dynacomp.dtp.eval import evaluate
+from dynacomp.dtp.eval import EvalConfig, evaluate
 from dynacomp.dtp.plot import plot_boundaries
 from dynacomp.dtp.recipe import LoadedRun, RunConfig, load_run, train_run
-from dynacomp.dtp.sample import generate
+from dynacomp.dtp.sample import SampleConfig, generate
 from dynacomp.train import TrainConfig
 
 
@@ -40,22 +40,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = dtp_sub.add_parser("eval", help="bits per character and shortening factor of a trained run")
     p.add_argument("--run", type=Path, required=True, help="run folder (from dtp train)")
-    p.add_argument("--split", choices=("validation", "test"), default="test")
-    p.add_argument("--max-chars", type=int, default=0, help="score only the first N characters (0: all)")
-    p.add_argument("--stride", type=int, default=None, help="window stride (default: the run's eval_stride)")
-    p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
+    add_config_args(p, EvalConfig)
     add_json_flag(p)
     p.set_defaults(func=_eval)
 
     p = dtp_sub.add_parser("sample", help="generate text from a prompt")
     p.add_argument("--run", type=Path, required=True, help="run folder (from dtp train)")
     p.add_argument("--prompt", required=True, help="the start of the text (cleaned like the training data)")
-    p.add_argument("--chars", type=int, default=200, help="characters to generate")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0: greedy)")
-    p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely (0: all)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-cache", action="store_true", help="re-read the whole text at every step")
     p.add_argument("--plot", type=Path, default=None, help="also draw the text with its boundaries here")
+    add_config_args(p, SampleConfig)
     add_json_flag(p)
     p.set_defaults(func=_sample)
 
@@ -85,12 +78,13 @@ def _run_data(loaded: LoadedRun) -> CharData:
 
 
 def _eval(args: argparse.Namespace) -> None:
+    config = config_from_args(EvalConfig, args)
     loaded = load_run(args.run)
     data = _run_data(loaded)
     run = loaded.record["run"]
-    result = evaluate(loaded.model, data.splits[args.split], run.seq_len, args.stride or run.eval_stride,
-                      args.batch_size, args.max_chars)
-    emit({"run": str(args.run), "split": args.split, "boundaries": loaded.model.config.boundaries,
+    result = evaluate(loaded.model, data.splits[config.split], run.seq_len, config.stride or run.eval_stride,
+                      config.batch_size, config.max_chars)
+    emit({"run": str(args.run), "split": config.split, "boundaries": loaded.model.config.boundaries,
           "checkpoint": str(loaded.checkpoint), **result}, args.json)
 
 
@@ -111,15 +105,16 @@ def _boundaries(loaded: LoadedRun, ids: torch.Tensor) -> list[int]:
 
 
 def _sample(args: argparse.Namespace) -> None:
+    config = config_from_args(SampleConfig, args)
     loaded = load_run(args.run)
     prompt = _encode(loaded, args.prompt)[None]
-    g = torch.Generator().manual_seed(args.seed)
+    g = torch.Generator().manual_seed(config.seed)
     start = time.perf_counter()
-    ids = generate(loaded.model, prompt, args.chars, args.temperature, args.top_k, not args.no_cache, g)
+    ids = generate(loaded.model, prompt, config.chars, config.temperature, config.top_k, config.cache, g)
     seconds = time.perf_counter() - start
     text = "".join(loaded.record["vocab"][i] for i in ids[0].tolist())
-    result = {"prompt": text[:prompt.shape[1]], "text": text, "chars_per_s": args.chars / seconds,
-              "cached": not args.no_cache}
+    result = {"prompt": text[:prompt.shape[1]], "text": text, "chars_per_s": config.chars / seconds,
+              "cached": config.cache}
     if args.plot:
         result["plot"] = str(plot_boundaries(text, _boundaries(loaded, ids[0]), args.plot,
                                              f"{args.run.name}: {loaded.model.config.boundaries}"))

@@ -12,11 +12,23 @@ boundary at all it is reported as the character count).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 
+from dynacomp.config import field
 from dynacomp.console import progress
 from dynacomp.dtp.model import HourglassLM
 from dynacomp.metrics.bpc import bits_per_character, sum_nll
+
+
+@dataclass
+class EvalConfig:
+    split: Literal["validation", "test"] = field("test", help="split scored")
+    max_chars: int = field(0, help="score only the first N characters (0: all)")
+    stride: int | None = field(None, help="window stride (default: the run's eval_stride)")
+    batch_size: int = field(16, help="windows per forward pass")
 
 
 def eval_windows(n: int, window: int, stride: int) -> list[tuple[int, int]]:

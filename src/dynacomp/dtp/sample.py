@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 
+from dynacomp.config import field
 from dynacomp.dtp.model import HourglassLM
+
+
+@dataclass
+class SampleConfig:
+    chars: int = field(200, help="characters to generate")
+    temperature: float = field(1.0, help="sampling temperature (0: greedy)")
+    top_k: int = field(0, help="sample among the k most likely (0: all)")
+    seed: int = field(0, help="seed of the sampling")
+    cache: bool = field(True, help="decode from a cache (--no-cache: re-read the whole text at every step)")
 
 
 def _pick(logits: torch.Tensor, temperature: float, top_k: int, generator: torch.Generator | None) -> torch.Tensor:

@@ -13,7 +13,7 @@ from dynacomp.hcpc.eval import EvalConfig, evaluate
 from dynacomp.hcpc.model import FRAME, HCPCConfig
 from dynacomp.hcpc.plot import plot_segmentation
 from dynacomp.hcpc.recipe import RunConfig, load_run, train_run
-from dynacomp.hcpc.segment import read_any_audio, segment_folder
+from dynacomp.hcpc.segment import SegmentConfig, read_any_audio, segment_folder
 from dynacomp.train import TrainConfig
 
 HELP = "variable-rate hierarchical CPC: speech units and phone segmentation"
@@ -42,10 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--audio", type=Path, required=True, help="folder of .wav/.flac/.ogg files (searched recursively)")
     p.add_argument("--out", type=Path, required=True, help="JSON file of boundaries (frames and seconds)")
     p.add_argument("--plot", type=Path, default=None, help="also draw the first file with its boundaries here")
-    p.add_argument("--prominence", type=float, default=None,
-                   help="boundaries at peaks of the predictor's logits with this prominence (a fraction of each "
-                        "file's range; `hcpc eval` reports the best one on validation under model_peaks) instead "
-                        "of its thresholded decisions")
+    add_config_args(p, SegmentConfig)
     add_json_flag(p)
     p.set_defaults(func=_segment)
 
@@ -66,8 +63,9 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _segment(args: argparse.Namespace) -> None:
+    config = config_from_args(SegmentConfig, args)
     loaded = load_run(args.run)
-    result = segment_folder(loaded.model, args.audio, args.out, args.prominence)
+    result = segment_folder(loaded.model, args.audio, args.out, config.prominence)
     if args.plot:
         first = next(iter(result))
         plot_segmentation(read_any_audio(args.audio / first).numpy(), 16000, result[first]["seconds"], args.plot,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from math import gcd
 from pathlib import Path
 from typing import Any
@@ -10,12 +11,20 @@ import soundfile
 import torch
 from scipy.signal import resample_poly
 
+from dynacomp.config import field
 from dynacomp.console import progress
 from dynacomp.data.speech import SAMPLE_RATE
 from dynacomp.hcpc.model import FRAME, HCPC
 from dynacomp.io import write_json
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+
+
+@dataclass
+class SegmentConfig:
+    prominence: float | None = field(None, help="boundaries at peaks of the predictor's logits with this prominence "
+                                     "(a fraction of each file's range; `hcpc eval` reports the best one on validation "
+                                     "under model_peaks) instead of its thresholded decisions")
 
 
 def read_any_audio(path: Path) -> torch.Tensor:
