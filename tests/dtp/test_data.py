@@ -84,7 +84,7 @@ def test_strided_evaluation_is_the_loop_over_windows():
 
 
 def test_embedded_corpora_are_cleaned_per_language():
-    from dynacomp.data.text import ALPHABETS
+    from dynacomp.data.text_cleaning import ALPHABETS
     from dynacomp.dtp.data import load_data
 
     assert set(load_data("english").vocab) == set(ALPHABETS["en"] + " ")

@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from dynacomp.data.speech import SpeechSynthConfig, synthesize_dataset
+from dynacomp.data.speech_synthesis import SpeechSynthConfig, synthesize_dataset
 from dynacomp.nn import VQConfig
 from dynacomp.train import TrainConfig
 from dynacomp.vqvae import cli

@@ -12,7 +12,8 @@ from typing import Any
 
 from dynacomp.config import add_config_args, config_from_args
 from dynacomp.console import add_json_flag, emit
-from dynacomp.data.speech import SPLITS, SpeechSynthConfig, sentences_from_text, synthesize_dataset
+from dynacomp.data.speech import SPLITS
+from dynacomp.data.speech_synthesis import SpeechSynthConfig, sentences_from_text, synthesize_dataset
 from dynacomp.data.text import load_split
 
 

@@ -10,7 +10,7 @@ import torch
 
 from dynacomp.config import add_config_args, config_from_args
 from dynacomp.console import add_json_flag, emit
-from dynacomp.data.text import clean_text8
+from dynacomp.data.text_cleaning import clean_text8
 from dynacomp.dtp.config import DTPConfig
 from dynacomp.dtp.data import CharData, load_data
 from dynacomp.dtp.eval import EvalConfig, evaluate

@@ -26,7 +26,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dynacomp.data.text import CORPORA, SPLITS, clean_text8, load_enwik8, load_split, load_text8, load_wiki40b
+from dynacomp.data.text import SPLITS, load_split
+from dynacomp.data.text_benchmarks import load_enwik8, load_text8, load_wiki40b
+from dynacomp.data.text_cleaning import clean_text8
+from dynacomp.data.text_corpora import CORPORA
 from dynacomp.io import atomic_path, cache_dir
 
 UNIGRAM_VOCAB = {"en": 10000, "vi": 10000, "fi": 200, "he": 200}  # the paper's sizes (§4.2)
