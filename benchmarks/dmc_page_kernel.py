@@ -19,20 +19,21 @@ import time
 import torch
 import torch.nn.functional as F
 
-from dynacomp.dmc import native
-from dynacomp.dmc.cache import DMCLayer
+from dynacomp.dmc.cache import DMCLayer, native
 
 
 def filled_layer(keys: torch.Tensor, values: torch.Tensor, page_size: int) -> DMCLayer:
-    """A layer holding keys/values (rows, slots, D), its rows' pages allocated in shuffled order."""
+    """A layer holding keys/values (rows, slots, D) as the rows of one sequence, its rows' pages
+    allocated in shuffled order (through the layer's private writer: no model runs here)."""
     rows, slots, dim = keys.shape
     layer = DMCLayer(page_size, window=1)
     layer.lazy_initialization(keys.new_zeros(1, rows, 1, dim))
+    layer.reserve(1)
     for page in torch.randperm(rows * (slots // page_size)).tolist():
         row, first = divmod(page, slots // page_size)
         index = torch.arange(first * page_size, (first + 1) * page_size)
-        layer.write(torch.full_like(index, row), index, keys[row, index], values[row, index])
-    layer.slots = torch.full((rows,), slots)
+        layer._write(torch.full_like(index, row), index, keys[row, index], values[row, index])
+    layer._slots[:] = slots
     return layer
 
 
@@ -50,18 +51,18 @@ def main() -> None:
     torch.manual_seed(0)
     scale = args.dim ** -0.5
     if not native.supports(torch.zeros(1, 1, args.dim)):
-        raise SystemExit("the native kernel is not available here (see dynacomp.dmc.native)")
+        raise SystemExit("the native kernel is not available here (see dynacomp.dmc.cache.native)")
 
     queries = torch.randn(args.rows, args.queries, args.dim)
+    one, rows = torch.tensor([0]), torch.arange(args.rows)
     keys, values = torch.randn(2, args.rows, args.slots, args.dim)
     calls = {"dense SDPA": lambda: F.scaled_dot_product_attention(queries[:, None], keys[:, None], values[:, None],
                                                                  scale=scale)[:, 0]}
     for page in args.page_sizes:
         layer = filled_layer(keys, values, page)
-        calls[f"pages of {page}, PyTorch"] = lambda layer=layer: layer.attend_split_k(queries, layer.slots, scale,
-                                                                                   with_lse=False)[0]
-        calls[f"pages of {page}, native"] = lambda layer=layer: layer.attend(queries, layer.slots, scale,
-                                                                          with_lse=False)[0]
+        calls[f"pages of {page}, PyTorch"] = lambda layer=layer: layer.attend_split_k(
+            rows, queries, layer._slots, scale, with_lse=False)[0]
+        calls[f"pages of {page}, native"] = lambda layer=layer: layer.attend(one, queries, scale, with_lse=False)[0]
     reference = calls["dense SDPA"]()
     times: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(args.repeats):

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from dynacomp.dmc.attention import _block_attention, _block_attention_fused
+from dynacomp.dmc.modeling.attention import _block_attention, _block_attention_fused
 
 
 def main() -> None:

@@ -4,7 +4,7 @@
     python benchmarks/dmc_quality.py --dmc-checkpoints runs/dmc-cr4 --out docs/results/dmc_quality.md
     python benchmarks/dmc_quality.py --smoke          # tiny sizes, written under /tmp: proves it runs
 
-Perplexity (``dynacomp.dmc.evaluate.perplexity_online``, every token decoded through the
+Perplexity (``dynacomp.dmc.evaluation.harness.perplexity_online``, every token decoded through the
 compressed cache) for vanilla, DMC with a fixed pattern (``dmc_forced``), StreamingLLM, H2O and
 TOVA at every ``--crs`` ratio and at each trained DMC checkpoint's realised ratio (equal memory),
 int8 and int4 once (their ratio is set by the bit width), and each trained DMC checkpoint; passkey
@@ -23,12 +23,15 @@ from pathlib import Path
 import torch
 from common import machine
 
-from dynacomp.dmc.eval_cli import MethodConfig, load_for_eval
-from dynacomp.dmc.evaluate import LABELS, EvalOptions, passkey, perplexity_online, plot_passkey, plot_perplexity
+from dynacomp.dmc import policies
+from dynacomp.dmc.evaluation.cli import MethodConfig, load_for_eval
+from dynacomp.dmc.evaluation.harness import EvalOptions, passkey, perplexity_online, plot_passkey, plot_perplexity
+from dynacomp.dmc.policies import POLICIES
 from dynacomp.io import write_json, write_text
 
-EVICTION = ("dmc_forced", "streaming_llm", "h2o", "tova")
-QUANTISED = ("int8", "int4")
+# Peers set by the requested ratio (run at every --crs), and peers whose ratio is fixed by their format.
+EVICTION = tuple(name for name, policy in POLICIES.items() if policy.uses_cr)
+QUANTISED = policies.names_of("quantised")
 SMOKE = dict(crs=[4], context=32, max_tokens=64, batch_size=2, passkey_lengths=[96], trials=1,
              chunk=1, out=Path("/tmp/dmc_quality_smoke/dmc_quality.md"))
 
@@ -36,8 +39,8 @@ SMOKE = dict(crs=[4], context=32, max_tokens=64, batch_size=2, passkey_lengths=[
 def perplexity_table(rows: list[dict]) -> str:
     lines = ["| method | requested CR | memory ratio | perplexity | seconds |", "|---|---|---|---|---|"]
     for r in rows:
-        requested = "-" if r["method"] in ("vanilla", "dmc", *QUANTISED) else f"{r['cr']:g}"
-        name = LABELS[r["method"]] + (f" `{r['model']}`" if r["method"] == "dmc" else "")
+        requested = f"{r['cr']:g}" if POLICIES[r["method"]].uses_cr else "-"
+        name = POLICIES[r["method"]].label + (f" `{r['model']}`" if r["method"] == "dmc" else "")
         lines.append(f"| {name} | {requested} | {r['ratio']:.2f} | {r['perplexity']:.3f} | {r['seconds']:.0f} |")
     return "\n".join(lines)
 
@@ -48,7 +51,7 @@ def passkey_table(results: list[dict]) -> str:
              "|---|---|" + "---|" * len(lengths)]
     for r in results:
         cells = " | ".join(f"{row['correct']}/{row['trials']}" for row in r["results"])
-        lines.append(f"| {LABELS[r['method']]} | {r['ratio']:.2f} | {cells} |")
+        lines.append(f"| {POLICIES[r['method']].label} | {r['ratio']:.2f} | {cells} |")
     return "\n".join(lines)
 
 

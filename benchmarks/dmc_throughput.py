@@ -24,8 +24,8 @@ from pathlib import Path
 
 from common import machine
 
-from dynacomp.dmc.bench import BenchConfig, measure_in_worker, run
 from dynacomp.dmc.config import DMCConfig
+from dynacomp.dmc.evaluation.bench import BenchConfig, measure_in_worker, run
 from dynacomp.io import figure, write_json, write_text
 
 

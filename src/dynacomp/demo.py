@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         "retrofit": report_summary(report) | {"out": str(out), "heat_map": str(out / "cr_heatmap.png")},
         "generation": {"prompt": PROMPT,
                        "continuation": tokenizer.decode(output[0, inputs.input_ids.shape[1]:], skip_special_tokens=True),
-                       "compression_ratio": stats["compression_ratio"], "kv_bytes": stats["bytes_allocated"]},
+                       "compression_ratio": stats.compression_ratio, "kv_bytes": stats.allocated_bytes},
         "note": "a few minutes of training reach the ratio but not the quality; "
                 "see docs/results/dmc_retrofit.md for real runs",
     }

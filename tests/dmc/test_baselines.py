@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from dynacomp.dmc.baselines import H2O, TOVA, BudgetCache, BudgetLayer, StreamingLLM, use_budget_attention
-from dynacomp.dmc.quantized import QuantizedKVCache, QuantizedLayer, dequantize, quantize
+from dynacomp.dmc.policies.eviction import H2O, TOVA, BudgetCache, BudgetLayer, StreamingLLM, use_budget_attention
+from dynacomp.dmc.policies.quantized import QuantizedKVCache, QuantizedLayer, dequantize, quantize
 
 from .tiny import tiny_model
 
@@ -79,7 +79,7 @@ def test_budget_respected_at_every_step(policy):
             assert [layer.keys.shape[2] for layer in cache.layers] == [math.ceil(t / 3)] * 2
             model(ids[:, t:t + 1], cache=cache)
     assert cache.get_seq_length() == 40
-    assert cache.stats()["compression_ratio"] == pytest.approx(40 / 14)
+    assert cache.stats().compression_ratio == pytest.approx(40 / 14)
     if isinstance(policy, TOVA):                    # evicts per (sequence, KV head)
         positions = cache.layers[1].positions
         assert not all(torch.equal(positions[0, 0], p) for p in positions.flatten(0, 1))
@@ -145,7 +145,7 @@ def test_quantized_cache_with_nothing_quantised_is_the_dense_cache():
         coarse = QuantizedKVCache.for_model(model, bits=4, group=4, residual=4)
         quantised = torch.cat([model(ids[:, t:t + 1], cache=coarse).logits for t in range(20)], 1)
     torch.testing.assert_close(stepwise, expected, atol=1e-5, rtol=1e-5)
-    assert cache.stats()["compression_ratio"] == 1.0
+    assert cache.stats().compression_ratio == 1.0
     assert not torch.allclose(quantised, expected, atol=1e-3)
     assert (quantised - expected).abs().max() < 0.5
-    assert coarse.stats()["compression_ratio"] == pytest.approx(16 / (4 + 2 * 16 / 4))   # 4-bit codes + scale, zero
+    assert coarse.stats().compression_ratio == pytest.approx(16 / (4 + 2 * 16 / 4))   # 4-bit codes + scale, zero

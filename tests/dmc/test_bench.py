@@ -1,6 +1,6 @@
 import pytest
 
-from dynacomp.dmc.bench import BenchConfig, measure, measure_paired
+from dynacomp.dmc.evaluation.bench import BenchConfig, measure, measure_paired
 
 
 @pytest.mark.parametrize("method", ["hf_generate", "vanilla", "dmc"])
@@ -41,7 +41,7 @@ def test_paired_measurement_takes_dense_and_dmc_steps_in_turn(smollm2):
 ])
 def test_max_batch_runs_the_configured_ratio_and_finds_the_largest_batch_that_fits(
         monkeypatch, per_sequence, step_at, step, tried, best):
-    from dynacomp.dmc import bench
+    from dynacomp.dmc.evaluation import bench
 
     def kv_bytes(batch):
         return 100 * (batch + step * (batch >= step_at))
@@ -60,7 +60,7 @@ def test_max_batch_runs_the_configured_ratio_and_finds_the_largest_batch_that_fi
 
 
 def test_max_batch_stops_after_its_tries_when_the_cache_never_grows(monkeypatch):
-    from dynacomp.dmc import bench
+    from dynacomp.dmc.evaluation import bench
 
     monkeypatch.setattr(bench, "measure_in_worker", lambda method, cr, config: {"kv_bytes": 1, "tokens_per_s": 1.0})
     [row] = bench.max_batch(BenchConfig(kv_budget_gb=1100 / 2**30), [("vanilla", 1.0)],

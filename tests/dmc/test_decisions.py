@@ -1,6 +1,6 @@
 import torch
 
-from dynacomp.dmc import decisions
+from dynacomp.dmc.modeling import channels, decisions
 
 
 def slow_accumulate(x, alpha, omega, window):
@@ -51,7 +51,7 @@ def test_forced_decisions_give_the_ratio():
 def test_importance_averages_the_query_group():
     q = torch.zeros(1, 6, 2, 8)
     q[0, :3, :, -1] = torch.tensor([1.0, 2.0, 3.0])[:, None]   # group of KV head 0
-    omega = decisions.importance(q, kv_heads=2, bias=0.0)
+    omega = channels.importance(q, kv_heads=2, bias=0.0)
     torch.testing.assert_close(omega[0, :, 0], torch.sigmoid(torch.tensor([2.0, 0.0])))
 
 

@@ -33,6 +33,6 @@ def test_force_cr_4_compresses_by_4(smollm2):
         for t in range(990, 1000):
             model(ids[:, t:t + 1], cache=cache)
     stats = cache.stats()
-    assert stats["tokens"] == 1000
-    assert abs(stats["compression_ratio"] - 4) <= 0.1
-    assert all(abs(r - 4) <= 0.1 for layer in stats["per_layer_head"] for r in layer)
+    assert stats.tokens == 1000
+    assert abs(stats.compression_ratio - 4) <= 0.1
+    assert all(abs(r - 4) <= 0.1 for layer in stats.per_layer_head for r in layer)

@@ -6,8 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from dynacomp.dmc import DMCConfig, convert, zero_decision_channels
-from dynacomp.dmc.evaluate import (
-    METHODS,
+from dynacomp.dmc.evaluation.harness import (
     EvalOptions,
     method_runner,
     passkey,
@@ -16,6 +15,7 @@ from dynacomp.dmc.evaluate import (
     plot_passkey,
     plot_perplexity,
 )
+from dynacomp.dmc.policies import POLICIES, PolicyOptions
 
 from .tiny import tiny_model
 
@@ -59,12 +59,12 @@ def test_vanilla_online_equals_teacher_forced(model_and_ids):
         assert (result["tokens"], result["windows"], result["ratio"]) == (3 * 23, 3, 1.0)
 
 
-@pytest.mark.parametrize("method", [m for m in METHODS if m not in ("vanilla", "dmc")])
+@pytest.mark.parametrize("method", [m for m in POLICIES if m not in ("vanilla", "dmc")])
 def test_every_method_at_ratio_one_is_vanilla(model_and_ids, method):
     model, ids = model_and_ids
     vanilla = perplexity_online(model, ids, "vanilla", 1, 24)
-    options = EvalOptions(batch_size=3, prefix=3, quant_group=4, quant_residual=32)   # nothing gets quantised
-    result = perplexity_online(model, ids, method, 1, 24, options)
+    result = perplexity_online(model, ids, method, 1, 24, EvalOptions(batch_size=3, prefix=3),
+                               policy_options=PolicyOptions(quant_group=4, quant_residual=32))   # nothing gets quantised
     assert result["perplexity"] == pytest.approx(vanilla["perplexity"], rel=1e-4)
     assert result["ratio"] == pytest.approx(1.0 if method != "dmc_forced" else dmc_memory_ratio(24))
     assert model.config._attn_implementation == "sdpa" and not hasattr(model, "dmc_config")
@@ -74,7 +74,8 @@ def test_every_method_at_ratio_one_is_vanilla(model_and_ids, method):
 def test_compression_costs_perplexity_at_the_reported_ratio(model_and_ids, method):
     model, ids = model_and_ids
     vanilla = perplexity_online(model, ids, "vanilla", 1, 24)["perplexity"]
-    result = perplexity_online(model, ids, method, 4, 24, EvalOptions(chunk=2, quant_group=4, quant_residual=4))
+    result = perplexity_online(model, ids, method, 4, 24, EvalOptions(chunk=2),
+                               policy_options=PolicyOptions(quant_group=4, quant_residual=4))
     assert result["perplexity"] != pytest.approx(vanilla, rel=1e-4)
     expected = {"int4": 16 / (4 + 2 * 16 / 4), "dmc_forced": dmc_memory_ratio(6)}.get(method, 24 / 6)
     assert result["ratio"] == pytest.approx(expected, rel=0.05)
@@ -85,7 +86,7 @@ def test_a_quantised_cache_is_measured_at_its_fullest(model_and_ids):
     its third packing, at 23 tokens, it holds 16 packed tokens (12 tokens' worth) and 7 full ones;
     at 24, just packed, it would claim 16 / 12."""
     model, ids = model_and_ids
-    result = perplexity_online(model, ids, "int4", 4, 24, EvalOptions(quant_group=4, quant_residual=8))
+    result = perplexity_online(model, ids, "int4", 4, 24, policy_options=PolicyOptions(quant_group=4, quant_residual=8))
     assert result["ratio"] == pytest.approx(24 / (16 * 12 / 16 + 7))
 
 
@@ -130,7 +131,7 @@ def test_passkey_runs_through_compressed_caches(tmp_path):
 def test_cli_eval_on_a_user_file(tmp_path, capsys, monkeypatch):
     import argparse
 
-    from dynacomp.dmc import eval_cli
+    from dynacomp.dmc.evaluation import cli as eval_cli
 
     loaded = []
     monkeypatch.setattr(eval_cli, "load_for_eval",
@@ -156,8 +157,8 @@ def test_a_dmc_checkpoint_runs_the_peers_on_its_own_weights(tmp_path):
     from transformers import AutoTokenizer
 
     from dynacomp.dmc import save
-    from dynacomp.dmc.eval_cli import MethodConfig, load_for_eval
-    from dynacomp.dmc.model import DMCModelMixin
+    from dynacomp.dmc.evaluation.cli import MethodConfig, load_for_eval
+    from dynacomp.dmc.modeling.convert import DMCModelMixin
     from dynacomp.models import resolve
 
     tokenizer = AutoTokenizer.from_pretrained(resolve("smollm2-135m"))

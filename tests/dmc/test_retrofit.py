@@ -16,15 +16,9 @@ import pytest
 import torch
 
 from dynacomp.dmc import DMCConfig, convert, is_dmc_checkpoint, load, load_base, zero_decision_channels
-from dynacomp.dmc.retrofit import (
-    RetrofitConfig,
-    RetrofitTask,
-    _stage_model,
-    calibrate,
-    fold_decision_scale,
-    ratio_loss,
-    retrofit,
-)
+from dynacomp.dmc.modeling import channels
+from dynacomp.dmc.retrofit import RetrofitConfig, RetrofitTask, calibrate, ratio_loss, retrofit
+from dynacomp.dmc.retrofit.recipe import _stage_model
 from tests.dmc.tiny import tiny_model
 
 TIMING = {"steps_per_s", "tokens_per_s", "elapsed_s"}
@@ -114,7 +108,7 @@ def test_zero_out_ramp_ends_at_the_zeroed_model_and_scale_folds_into_weights():
 
     dmc = convert(tiny_model(), DMCConfig())
     folded = copy.deepcopy(dmc).eval()
-    fold_decision_scale(folded, 7.0)
+    channels.scale_weights(folded, 7.0)
     RetrofitTask(dmc, torch.arange(100), RetrofitConfig(decision_scale=7.0), "retrofit")
     with torch.no_grad():
         torch.testing.assert_close(dmc.eval()(ids, use_cache=False).logits, folded(ids, use_cache=False).logits)
@@ -157,7 +151,7 @@ def test_retrofit_writes_checkpoint_report_and_heatmap(finished_run):
     cache = model.new_cache()
     with torch.no_grad():
         model.generate(ids, cache=cache, max_new_tokens=8, do_sample=False)
-    assert cache.stats()["tokens"] == ids.shape[1] + 7          # the last new token is never fed back
+    assert cache.stats().tokens == ids.shape[1] + 7          # the last new token is never fed back
 
 
 def test_interrupted_retrofit_resumes_to_the_same_result(finished_run, tmp_path, monkeypatch):
@@ -187,7 +181,7 @@ def test_continuing_from_a_checkpoint_ramps_on_from_its_ratio(finished_run, tmp_
                    finetune_steps=0)
     # The checkpoint's weights come back with the decision scale taken out, as training expects.
     model = _stage_model(more, "retrofit", None)
-    fold_decision_scale(model, config.decision_scale)
+    channels.scale_weights(model, config.decision_scale)
     saved = load_base(out / "model")[0].state_dict()
     assert all(torch.allclose(value, saved[name], rtol=1e-6, atol=1e-7) for name, value in model.state_dict().items())
 

@@ -31,3 +31,13 @@ def half_merging_bias(model, ids, target: float = 0.5) -> float:
     return float(channel.quantile(1 - target))
 
 
+
+
+def decode_step_by_step(model, ids, prefix: int):
+    """Logits of a prefill of ``prefix`` tokens, then one token per forward, and the cache."""
+    cache = model.new_cache()
+    with torch.no_grad():
+        logits = [model(ids[:, :prefix], cache=cache).logits]
+        for t in range(prefix, ids.shape[1]):
+            logits.append(model(ids[:, t:t + 1], cache=cache).logits)
+    return torch.cat(logits, 1), cache

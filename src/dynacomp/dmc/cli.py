@@ -9,8 +9,9 @@ from pathlib import Path
 
 from dynacomp.config import add_config_args, config_from_args
 from dynacomp.console import add_json_flag, emit, format_mapping
-from dynacomp.dmc import bench as bench_module
-from dynacomp.dmc.eval_cli import register_eval
+from dynacomp.dmc.config import DMCConfig
+from dynacomp.dmc.evaluation import bench as bench_module
+from dynacomp.dmc.evaluation.cli import register_eval
 
 RETROFIT_HELP = """\
 Teach a pretrained LLM to merge its KV cache (DMC, arXiv 2403.09636) in the paper's three
@@ -55,41 +56,39 @@ def run_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_for_generation(model: str, overrides: dict):
-    """(model, tokenizer): a DMC checkpoint with ``overrides``, or a plain model converted with them."""
-    from dynacomp.dmc import DMCConfig, convert, is_dmc_checkpoint, load, zero_decision_channels
+def load_for_generation(model: str, config: DMCConfig, given: set[str]):
+    """(model, tokenizer): a DMC checkpoint with the ``given`` fields of ``config`` overriding its
+    own, or a plain model converted with ``config``."""
+    from dynacomp.dmc import convert, is_dmc_checkpoint, load, zero_decision_channels
     from dynacomp.models import load_causal_lm
 
     if Path(model).is_dir() and is_dmc_checkpoint(model):
-        return load(model, **overrides)
+        return load(model, **{name: getattr(config, name) for name in given})
     plain, tokenizer = load_causal_lm(model)
     zero_decision_channels(plain)  # untrained decision channels: every head appends unless forced
-    return convert(plain, DMCConfig(**overrides)), tokenizer
+    return convert(plain, config), tokenizer
 
 
 def run_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from dynacomp.dmc import DMCConfig
-
-    overrides = {f: getattr(args, f) for f in DMCConfig.__dataclass_fields__ if hasattr(args, f)}
-    model, tokenizer = load_for_generation(args.model, overrides)
+    config = config_from_args(DMCConfig, args)
+    given = {name for name in DMCConfig.__dataclass_fields__ if hasattr(args, name)}   # flags given explicitly
+    model, tokenizer = load_for_generation(args.model, config, given)
     if tokenizer is None:
         raise SystemExit(f"{args.model} holds no tokenizer: save the checkpoint with its tokenizer")
     inputs = tokenizer(args.prompt, return_tensors="pt")
     cache = model.new_cache()
     with torch.no_grad():
         output = model.generate(**inputs, cache=cache, max_new_tokens=args.max_new_tokens, do_sample=False)
-    stats = cache.stats()
     result = {"prompt": args.prompt,
               "continuation": tokenizer.decode(output[0, inputs.input_ids.shape[1]:], skip_special_tokens=True),
-              "cache": stats if args.json else {k: v for k, v in stats.items() if k != "per_layer_head"}}
+              "cache": cache.stats().to_dict(per_head=args.json)}
     emit(result, args.json, format_mapping)
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from dynacomp.dmc import DMCConfig
     from dynacomp.dmc.retrofit import RetrofitConfig
 
     group = sub.add_parser("dmc", help="Dynamic Memory Compression: retrofit an LLM to merge its KV cache",

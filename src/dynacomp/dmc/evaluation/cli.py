@@ -14,18 +14,22 @@ import torch
 
 from dynacomp.config import add_config_args, config_from_args, field
 from dynacomp.console import add_json_flag, emit
-from dynacomp.dmc.evaluate import LABELS, METHODS, EvalOptions, passkey, perplexity_online
+from dynacomp.dmc import policies
+from dynacomp.dmc.evaluation.harness import EvalOptions, passkey, perplexity_online
+from dynacomp.dmc.policies import POLICIES, PolicyOptions
+from dynacomp.models import DEFAULT_MODEL
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
 class MethodConfig:
-    model: str = field("smollm2-135m", help="embedded name, local folder, Hugging Face id, or a DMC checkpoint "
+    model: str = field(DEFAULT_MODEL, help="embedded name, local folder, Hugging Face id, or a DMC checkpoint "
                                             "folder (other methods run on its weights, decision channels zeroed)")
-    method: Literal[METHODS] = field("vanilla", help="how the KV cache is kept")
+    method: Literal[policies.NAMES] = field("vanilla", help="the cache policy (how the KV cache is kept)")
     cr: float = field(4.0, help="compression ratio: eviction keeps ceil(tokens / CR) slots per KV head; "
-                                "dmc_forced merges at this ratio; ignored by vanilla, dmc, int8 and int4")
+                                "dmc_forced merges at this ratio; ignored by "
+                                + ", ".join(n for n, p in POLICIES.items() if not p.uses_cr))
     device: str = field("cpu", help="torch device")
     dtype: Literal[tuple(DTYPES)] = field("float32", help="model weights and cache dtype")
 
@@ -46,11 +50,10 @@ class PasskeyConfig(MethodConfig):
 def register_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="perplexity with every token decoded through a compressed cache",
                        description="Perplexity of a model whose KV cache is compressed online while it reads, at "
-                                   "equal cache memory across methods: vanilla; dmc (a retrofitted checkpoint); "
-                                   "dmc_forced (a fixed merge pattern at --cr); streaming_llm, h2o, tova (eviction "
-                                   "to ceil(tokens / CR) slots per KV head); int8, int4 (KIVI-style quantisation).")
+                                   "equal cache memory across methods: " + policies.describe() + ".")
     add_config_args(p, PerplexityConfig)
     add_config_args(p, EvalOptions)
+    add_config_args(p, PolicyOptions)
     add_json_flag(p)
     p.set_defaults(func=_eval)
 
@@ -59,6 +62,7 @@ def register_eval(sub: argparse._SubParsersAction) -> None:
                                    "the prompt is read through the method's compressed cache, the answer is greedy.")
     add_config_args(p, PasskeyConfig)
     add_config_args(p, EvalOptions)
+    add_config_args(p, PolicyOptions)
     add_json_flag(p)
     p.set_defaults(func=_passkey)
 
@@ -77,7 +81,7 @@ def load_for_eval(config: MethodConfig):
     dtype = DTYPES[config.dtype]
     if not is_dmc_checkpoint(config.model):
         model, tokenizer = load_causal_lm(config.model, dtype=dtype)
-    elif config.method in ("dmc", "dmc_forced"):
+    elif POLICIES[config.method].kind == "dmc":
         model, tokenizer = load(config.model, dtype=dtype)
     else:
         model, tokenizer, _ = load_base(config.model, dtype=dtype)
@@ -92,9 +96,10 @@ def _eval(args: argparse.Namespace) -> None:
     options = config_from_args(EvalOptions, args)
     model, tokenizer = load_for_eval(config)
     text = config.data.read_text(encoding="utf-8") if config.data is not None else None
-    result = perplexity_online(model, tokenizer, config.method, config.cr, config.context, options, text=text)
+    result = perplexity_online(model, tokenizer, config.method, config.cr, config.context, options, text=text,
+                               policy_options=config_from_args(PolicyOptions, args))
     result.update(model=config.model, data=str(config.data) if config.data else "english test split")
-    emit(result, args.json, lambda r: (f"{LABELS[r['method']]}: perplexity {r['perplexity']:.3f} at memory ratio "
+    emit(result, args.json, lambda r: (f"{POLICIES[r['method']].label}: perplexity {r['perplexity']:.3f} at memory ratio "
                                        f"{r['ratio']:.2f} ({r['tokens']} tokens in {r['windows']} windows of "
                                        f"{r['context']}, {r['seconds']:.0f} s)"))
 
@@ -103,11 +108,12 @@ def _passkey(args: argparse.Namespace) -> None:
     config = config_from_args(PasskeyConfig, args)
     options = config_from_args(EvalOptions, args)
     model, tokenizer = load_for_eval(config)
-    result = passkey(model, tokenizer, config.method, config.cr, config.lengths, config.trials, config.seed, options)
+    result = passkey(model, tokenizer, config.method, config.cr, config.lengths, config.trials, config.seed, options,
+                     policy_options=config_from_args(PolicyOptions, args))
     result["model"] = config.model
 
     def render(r: dict) -> str:
-        lines = [f"{LABELS[r['method']]}, memory ratio {r['ratio']:.2f}", "context  accuracy"]
+        lines = [f"{POLICIES[r['method']].label}, memory ratio {r['ratio']:.2f}", "context  accuracy"]
         lines += [f"{row['context']:>7}  {row['correct']}/{row['trials']}" for row in r["results"]]
         return "\n".join(lines)
 

@@ -23,9 +23,9 @@ from transformers.generation.stopping_criteria import StoppingCriteria, Stopping
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from dynacomp.dmc.attention import DMCAttention
 from dynacomp.dmc.cache import DMCCache
 from dynacomp.dmc.config import DMCConfig
+from dynacomp.dmc.modeling.attention import DMCAttention
 from dynacomp.io import atomic_path
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
@@ -42,8 +42,10 @@ def _unused_attention(*args, **kwargs):
     raise RuntimeError("DMC attention computes attention itself; this placeholder is never called")
 
 
-ALL_MASK_ATTENTION_FUNCTIONS.register(ATTN_IMPLEMENTATION, _padding_mask)
-ALL_ATTENTION_FUNCTIONS.register(ATTN_IMPLEMENTATION, _unused_attention)
+def _register_attention() -> None:
+    """Tell transformers about DMC's attention implementation (on ``convert``, not at import)."""
+    ALL_MASK_ATTENTION_FUNCTIONS.register(ATTN_IMPLEMENTATION, _padding_mask)
+    ALL_ATTENTION_FUNCTIONS.register(ATTN_IMPLEMENTATION, _unused_attention)
 
 
 class DMCModelMixin:
@@ -54,15 +56,33 @@ class DMCModelMixin:
     def new_cache(self) -> DMCCache:
         return DMCCache.for_model(self)
 
-    def forward(self, *args, cache=None, past_key_values=None, use_cache=None, **kwargs):
+    def forward(self, *args, cache=None, past_key_values=None, use_cache=None, seqs=None, **kwargs):
+        """transformers' forward with a DMCCache; ``seqs`` (B,) names the cache's sequence of every
+        batch row (default: the cache's sequences 0..B-1), for a server that batches a changing set."""
         cache = cache if cache is not None else past_key_values
+        if cache is not None and not isinstance(cache, DMCCache):
+            raise TypeError(f"a DMC model needs a DMCCache, got {type(cache).__name__}; "
+                            "generate() and forward() create one when none is passed")
         if use_cache is None:   # a cache handed in is used, whatever the config's use_cache says
             use_cache = cache is not None or (self.config.use_cache and not self.training)
         if use_cache and cache is None:
             cache = self.new_cache()
-        self._check_positions(cache, kwargs.get("input_ids", args[0] if args else None),
-                              kwargs.get("inputs_embeds"))
-        return super().forward(*args, cache=cache if use_cache else None, use_cache=use_cache, **kwargs)
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        embeds = kwargs.get("inputs_embeds")
+        self._check_positions(cache, ids, embeds)
+        if not use_cache:
+            return super().forward(*args, cache=None, use_cache=False, **kwargs)
+        inputs = ids if ids is not None else embeds
+        mask = kwargs.get("attention_mask")
+        length = inputs.shape[1]
+        real = mask[:, -length:] if mask is not None else torch.ones(inputs.shape[:2], dtype=torch.bool,
+                                                                           device=inputs.device)
+        chunk = cache.begin_forward(real, seqs)
+        if seqs is not None and kwargs.get("position_ids") is None:
+            kwargs["position_ids"] = chunk.token_index.clamp(min=0)     # each sequence at its own position
+        out = super().forward(*args, cache=cache, use_cache=True, **kwargs)
+        cache.end_forward()
+        return out
 
     def _check_positions(self, cache, input_ids, inputs_embeds) -> None:
         tokens = (input_ids if input_ids is not None else inputs_embeds).shape[1]
@@ -98,10 +118,10 @@ class _ReleaseFinished(StoppingCriteria):
 
     def __call__(self, input_ids, scores, **kwargs):
         ended = torch.isin(input_ids[:, -1], self.eos.to(input_ids.device))
-        if self.cache.finished is not None:
+        if self.cache.finished.numel():
             ended &= ~self.cache.finished.to(ended.device)
             if ended.any():
-                self.cache.release(ended.nonzero().flatten().cpu())
+                self.cache.free(ended.nonzero().flatten().cpu())
         return torch.zeros_like(ended)
 
 
@@ -138,6 +158,7 @@ def convert(model: PreTrainedModel, config: DMCConfig | None = None) -> PreTrain
             attention.dmc = config
         return model
     check_supported(model.config)
+    _register_attention()
     heads, kv_heads = model.config.num_attention_heads, model.config.num_key_value_heads
     for layer in model.model.layers:
         layer.self_attn = DMCAttention(layer.self_attn, config, heads, kv_heads).train(model.training)
@@ -145,23 +166,6 @@ def convert(model: PreTrainedModel, config: DMCConfig | None = None) -> PreTrain
     model.dmc_config = config
     model.config._attn_implementation = ATTN_IMPLEMENTATION
     return model
-
-
-def zero_decision_channels(model: PreTrainedModel) -> None:
-    """Zero the q/k projection rows that DMC repurposes (the last channel of every head), as the
-    end of the official zero-out stage does, so decisions start at alpha = sigmoid(-bias)."""
-    config = model.config
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    with torch.no_grad():
-        for layer in model.model.layers:
-            attn = layer.self_attn
-            for proj in (attn.q_proj, attn.k_proj):
-                proj.weight[head_dim - 1::head_dim] = 0
-                if proj.bias is not None:
-                    proj.bias[head_dim - 1::head_dim] = 0
-            for norm in (getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)):
-                if norm is not None:
-                    norm.weight[-1] = 0
 
 
 def save(model: PreTrainedModel, directory: str | Path, tokenizer=None) -> Path:

@@ -1,58 +1,39 @@
 """DMC against the methods users would pick instead, at equal cache memory, on one harness.
 
-Methods (``METHODS``):
-
-* ``vanilla``: the model's own dense cache.
-* ``dmc``: a DMC model with learned decisions (``dynacomp.dmc.load`` of a retrofitted checkpoint).
-* ``dmc_forced``: a DMC copy of the model whose decisions follow a fixed pattern with ratio ``cr``
-  (``DMCConfig(force_cr=cr)``); on a model that was never retrofitted this is DMC untrained.
-* ``streaming_llm``, ``h2o``, ``tova``: eviction policies on a ``BudgetCache`` that holds at most
-  ``ceil(t / cr)`` slots per (sequence, KV head) after ``t`` tokens (``dynacomp.dmc.baselines``).
-* ``int8``, ``int4``: a KIVI-style quantised cache (``dynacomp.dmc.quantized``); its ratio is set
-  by the bit width, group and residual window, not by ``cr``.
-
-Every token is decoded through the method's cache as it is built, online: a window is fed as a
-prefix of ``prefix`` tokens, then ``chunk`` tokens per forward (1: exactly token by token).
-For vanilla and DMC one forward over many tokens gives exactly the logits of feeding them one by
-one (DMC's prefill is exact; tested in tests/dmc), so they are fed ``parallel_chunk`` at a time.
+A method is a cache policy of ``dynacomp.dmc.policies.POLICIES`` (vanilla, DMC trained or forced,
+eviction, quantisation). Every token is decoded through the method's cache as it is built,
+online: a window is fed as a prefix of ``prefix`` tokens, then ``chunk`` tokens per forward (1:
+exactly token by token). Policies whose prefill is exact (one forward over many tokens gives
+exactly the logits of feeding them one by one: vanilla and DMC, tested in tests/dmc) are fed
+``parallel_chunk`` at a time.
 
 The ``ratio`` reported for every method is a memory ratio at the cache's fullest, averaged over
 windows: the bytes a dense cache holds at the end of the window over the most bytes the method's
-cache held after any forward in it (the memory a user has to provision). DMC and eviction caches
-only grow, so theirs is taken at the end: tokens per slot for eviction, and for DMC its slots plus
-the open runs it keeps for merging (``DMCCache.stats``). A quantised cache holds the most just
-before its full-precision residual window is packed (``dynacomp.dmc.quantized``: 16-bit dense
-bytes over stored bytes). 1 for vanilla.
+cache held after any forward in it (the memory a user has to provision; ``CacheStats``). DMC and
+eviction caches only grow, so theirs is taken at the end; a quantised cache holds the most just
+before its full-precision residual window is packed. 1 for vanilla.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import random
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
-from transformers.cache_utils import Cache, DynamicCache
+from transformers.cache_utils import Cache
 
 from dynacomp.config import field
 from dynacomp.console import progress
-from dynacomp.dmc.baselines import H2O, TOVA, BudgetCache, StreamingLLM, use_budget_attention
-from dynacomp.dmc.config import DMCConfig
-from dynacomp.dmc.model import DMCModelMixin, convert
-from dynacomp.dmc.quantized import QuantizedKVCache
+from dynacomp.dmc import policies
+from dynacomp.dmc.policies import POLICIES, PolicyOptions
 from dynacomp.io import figure
 from dynacomp.metrics.perplexity import perplexity
-
-METHODS = ("vanilla", "dmc", "dmc_forced", "streaming_llm", "h2o", "tova", "int8", "int4")
-LABELS = {"vanilla": "vanilla", "dmc": "DMC (trained)", "dmc_forced": "DMC (force_cr, untrained)",
-          "streaming_llm": "StreamingLLM", "h2o": "H2O", "tova": "TOVA", "int8": "int8 (KIVI)",
-          "int4": "int4 (KIVI)"}
 
 
 @dataclass
@@ -65,11 +46,6 @@ class EvalOptions:
                                "(1: exactly token by token; more is faster but lets a chunk see itself "
                                "uncompressed)")
     parallel_chunk: int = field(256, help="tokens per forward for vanilla and DMC, whose prefill is exact")
-    sinks: int = field(4, help="StreamingLLM: first tokens always kept")
-    h2o_recent: float = field(0.5, help="H2O: share of the budget kept for the most recent tokens")
-    quant_group: int = field(64, help="int8/int4: numbers sharing a scale and zero point")
-    quant_residual: int = field(128, help="int8/int4: newest tokens kept in full precision "
-                                          "(a multiple of the group)")
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "prefix", "chunk", "parallel_chunk"):
@@ -99,52 +75,13 @@ def _pieces(length: int, first: int, size: int) -> list[tuple[int, int]]:
 
 
 @contextlib.contextmanager
-def method_runner(model, method: str, cr: float, options: EvalOptions | None = None) -> Iterator[Runner]:
+def method_runner(model, method: str, cr: float, policy_options: PolicyOptions | None = None) -> Iterator[Runner]:
     """Set ``model`` up for ``method`` at ratio ``cr`` inside the block; ``model`` is left as it was."""
-    options = options or EvalOptions()
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+    policy = policies.get(method)
     if cr < 1:
         raise ValueError(f"the compression ratio must be >= 1, got {cr}")
-    is_dmc = isinstance(model, DMCModelMixin)
-    if method == "dmc":
-        if not is_dmc or model.dmc_config.force_cr is not None:
-            raise ValueError("method 'dmc' needs a DMC checkpoint with learned decisions "
-                             "(retrofit one with `dynacomp dmc retrofit`); use 'dmc_forced' for the fixed pattern")
-        yield Runner(model, model.new_cache, exact_prefill=True)
-    elif method == "dmc_forced":
-        if is_dmc:
-            config = model.dmc_config
-            convert(model, replace(config, force_cr=cr))
-            try:
-                yield Runner(model, model.new_cache, exact_prefill=True)
-            finally:
-                convert(model, config)
-        else:
-            forced = convert(copy.deepcopy(model), DMCConfig(force_cr=cr))
-            yield Runner(forced, forced.new_cache, exact_prefill=True)
-    elif is_dmc:
-        raise ValueError(f"method {method!r} runs on a plain model; this one is a DMC model (use 'dmc' or "
-                         "'dmc_forced', or load the base model)")
-    elif method == "vanilla":
-        yield Runner(model, lambda: DynamicCache(config=model.config), exact_prefill=True)
-    elif method in ("int8", "int4"):
-        bits = int(method[3:])
-        yield Runner(model, lambda: QuantizedKVCache.for_model(model, bits, options.quant_group,
-                                                               options.quant_residual), exact_prefill=False)
-    else:
-        policy = {"streaming_llm": StreamingLLM(options.sinks), "h2o": H2O(options.h2o_recent),
-                  "tova": TOVA()}[method]
-        with use_budget_attention(model):
-            yield Runner(model, lambda: BudgetCache.for_model(model, policy, cr), exact_prefill=False)
-
-
-def memory_ratio(cache: Cache) -> float:
-    """Dense bytes over the bytes the cache holds now; 1 for a plain dense cache."""
-    if not hasattr(cache, "stats"):
-        return 1.0
-    stats = cache.stats()
-    return float(stats.get("memory_ratio", stats["compression_ratio"]))
+    with policy.setup(model, cr, policy_options or PolicyOptions()) as setup:
+        yield Runner(setup.model, setup.new_cache, policy.exact_prefill)
 
 
 class PeakMemory:
@@ -156,7 +93,7 @@ class PeakMemory:
 
     def observe(self, cache: Cache, tokens: int) -> None:
         self.tokens = tokens
-        self.held = max(self.held, tokens / memory_ratio(cache))
+        self.held = max(self.held, tokens / cache.stats().memory_ratio)
 
     @property
     def ratio(self) -> float:
@@ -174,7 +111,7 @@ def _token_ids(tokens, text: str | None) -> Tensor:
 
 @torch.no_grad()
 def perplexity_online(model, tokens, method: str, cr: float, context: int, options: EvalOptions | None = None,
-                      text: str | None = None) -> dict:
+                      text: str | None = None, policy_options: PolicyOptions | None = None) -> dict:
     """Perplexity with every token decoded through ``method``'s cache at ratio ``cr``.
 
     ``tokens``: token ids (N,), or a tokenizer for ``text`` (default: the embedded English test
@@ -188,7 +125,7 @@ def perplexity_online(model, tokens, method: str, cr: float, context: int, optio
                          "or a smaller --context")
     meters: list[PeakMemory] = []     # one per batch of windows, i.e. per cache
     started = time.perf_counter()
-    with method_runner(model, method, cr, options) as runner:
+    with method_runner(model, method, cr, policy_options) as runner:
         def fresh_cache() -> Cache:
             meters.append(PeakMemory())
             return runner.new_cache()
@@ -249,7 +186,8 @@ def greedy_answer(runner: Runner, prompt: Tensor, options: EvalOptions, new_toke
 
 @torch.no_grad()
 def passkey(model, tokenizer, method: str, cr: float, context_lengths: tuple[int, ...] | list[int], trials: int,
-            seed: int = 0, options: EvalOptions | None = None, answer_tokens: int = 8) -> dict:
+            seed: int = 0, options: EvalOptions | None = None, answer_tokens: int = 8,
+            policy_options: PolicyOptions | None = None) -> dict:
     """Passkey retrieval accuracy per context length: a random 5-digit key at a random depth of
     filler text, asked for at the end; the greedy answer's first number must equal the key."""
     options = options or EvalOptions()
@@ -257,7 +195,7 @@ def passkey(model, tokenizer, method: str, cr: float, context_lengths: tuple[int
     device = next(model.parameters()).device
     rows, ratios = [], []
     started = time.perf_counter()
-    with method_runner(model, method, cr, options) as runner:
+    with method_runner(model, method, cr, policy_options) as runner:
         bar = progress(total=len(context_lengths) * trials, desc=f"passkey {method} cr={cr:g}", unit="trial")
         for length in context_lengths:
             correct, tokens = 0, 0
@@ -284,14 +222,14 @@ def plot_perplexity(results: list[dict], path: str | Path, title: str = "") -> N
     from matplotlib.ticker import ScalarFormatter
 
     with figure(path, figsize=(6.4, 4.4)) as (_, ax):
-        for method in METHODS:
+        for method, policy in POLICIES.items():
             points = sorted((r["ratio"], r["perplexity"]) for r in results if r["method"] == method)
             if not points:
                 continue
             if method == "vanilla":
-                ax.axhline(points[0][1], color="black", linestyle="--", linewidth=1, label=LABELS[method])
+                ax.axhline(points[0][1], color="black", linestyle="--", linewidth=1, label=policy.label)
                 continue
-            ax.plot(*zip(*points), marker="o", label=LABELS[method])
+            ax.plot(*zip(*points), marker="o", label=policy.label)
         ax.set_xlabel("memory ratio (dense 16-bit cache / this cache)")
         ax.set_ylabel("perplexity")
         ax.set_yscale("log")
@@ -307,7 +245,8 @@ def plot_passkey(results: list[dict], path: str | Path, title: str = "") -> None
     with figure(path, figsize=(6.4, 4.4)) as (_, ax):
         for result in results:
             rows = result["results"]
-            label = LABELS[result["method"]] + ("" if result["method"] == "vanilla" else f", ratio {result['ratio']:.2g}")
+            policy = POLICIES[result["method"]]
+            label = policy.label + ("" if policy.kind == "dense" else f", ratio {result['ratio']:.2g}")
             ax.plot([r["context"] for r in rows], [r["accuracy"] for r in rows], marker="o", label=label)
         ax.set_xlabel("context length (tokens)")
         ax.set_ylabel("passkey accuracy")

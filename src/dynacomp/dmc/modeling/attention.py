@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from dynacomp.dmc import decisions
-from dynacomp.dmc.cache import DMCCache, DMCLayer
+from dynacomp.dmc.cache.paged import OpenRun
 from dynacomp.dmc.config import DMCConfig
+from dynacomp.dmc.modeling import channels, decisions
 
 
 def rotate_half(x: Tensor) -> Tensor:
@@ -131,57 +131,47 @@ class DMCAttention(nn.Module):
 
     def forward(self, hidden_states: Tensor, position_embeddings: tuple[Tensor, Tensor],
                 attention_mask: Tensor | None = None, cache=None, past_key_values=None, **kwargs):
-        cache = cache if cache is not None else past_key_values
-        if cache is not None and not isinstance(cache, DMCCache):
-            raise TypeError(f"a DMC model needs a DMCCache, got {type(cache).__name__}; "
-                            "generate() and forward() create one when none is passed")
+        cache = cache if cache is not None else past_key_values      # a DMCCache (checked by the model)
         b, length, _ = hidden_states.shape
         h, g = self.num_kv_heads, self.num_heads // self.num_kv_heads
         q = self._project(hidden_states, self.q_proj, self.q_norm)           # (B, H*G, L, D)
         k = self._project(hidden_states, self.k_proj, self.k_norm)           # (B, H, L, D)
         v = self._project(hidden_states, self.v_proj, None)
 
-        layer = cache.layers[self.layer_idx] if cache is not None else None
-        if layer is not None and not layer.is_initialized:
-            layer.lazy_initialization(k)
-        real = self._real_tokens(attention_mask, b, length, hidden_states.device)          # (B, L) bool
-        if cache is not None and cache.tokens is None:
-            cache.tokens = torch.zeros(b, dtype=torch.long, device=k.device)
-            cache.finished = torch.zeros(b, dtype=torch.bool, device=k.device)
-        if cache is not None:
-            real = real & ~cache.finished[:, None]
-        past_tokens = cache.tokens if cache is not None else torch.zeros(b, dtype=torch.long, device=k.device)
-        token_index = past_tokens[:, None] + real.long().cumsum(1) - 1                   # (B, L)
+        if cache is None:
+            layer = None
+            real = self._real_tokens(attention_mask, b, length, hidden_states.device)      # (B, L) bool
+            token_index = real.long().cumsum(1) - 1
+        else:
+            layer, chunk = cache.layer(self.layer_idx, k), cache.chunk
+            real, token_index, seqs = chunk.real, chunk.token_index, chunk.seqs
 
         alpha, key_bias = self._decide(k, token_index, real)
-        omega = decisions.importance(q, h, self.dmc.decision_bias) * real[:, None, :]
-        q = decisions.without_decision_channel(q)
-        k = decisions.without_decision_channel(k)
+        omega = channels.importance(q, h, self.dmc.decision_bias) * real[:, None, :]
+        q = channels.without_decision_channel(q)
+        k = channels.without_decision_channel(k)
 
         cos, sin = position_embeddings
         kv = torch.cat([k, v], dim=-1)                                                   # (B, H, L, 2D)
-        k_state, v_state = self._accumulate(layer, kv, alpha, omega).to(k.dtype).chunk(2, dim=-1)
+        run = None if layer is None else layer.open_run(seqs)
+        k_state, v_state = self._accumulate(run, kv, alpha, omega).to(k.dtype).chunk(2, dim=-1)
         k_rot = apply_rope(k_state, cos, sin)
         q_rot = apply_rope(q, cos, sin).view(b, h, g, length, self.head_dim)
+        merges = alpha.detach() > 0.5
 
         if layer is None:
             out, _ = masked_attention(q_rot, k_rot, v_state, key_bias, self.scaling, self.dmc.query_chunk)
         elif length == 1:
             # Decoding: the token's state goes to its slot first, then the query reads every slot.
-            self._store_token(layer, kv, k_rot, v_state, alpha, omega, real)
-            out, _ = layer.attend(q_rot.reshape(b * h, g, self.head_dim), layer.slots, self.scaling, with_lse=False)
+            layer.append_token(seqs, kv, k_rot, v_state, merges, omega, real)
+            out, _ = layer.attend(seqs, q_rot.reshape(b * h, g, self.head_dim), self.scaling, with_lse=False)
         else:
             out, lse = masked_attention(q_rot, k_rot, v_state, key_bias, self.scaling, self.dmc.query_chunk)
-            if bool(layer.slots.any()):
-                # A first token that merges reopens its row's last slot, which it then replaces.
-                visible = layer.slots - alpha[..., 0].reshape(-1).long()
-                past_out, past_lse = layer.attend(q_rot.reshape(b * h, g * length, self.head_dim), visible,
-                                                  self.scaling)
+            if layer.has_slots(seqs):
+                past_out, past_lse = layer.attend(seqs, q_rot.reshape(b * h, g * length, self.head_dim), self.scaling,
+                                                  hide_last=merges[..., 0].reshape(-1).long())
                 out, lse = merge_attention(out, lse, past_out.view_as(out), past_lse.view_as(lse))
-            self._store(layer, kv, k_rot, v_state, alpha, omega, real)
-        if layer is not None and self.layer_idx == len(cache.layers) - 1:
-            cache.seen += length
-            cache.tokens = past_tokens + real.long().sum(1)
+            layer.write_chunk(seqs, kv, k_rot, v_state, merges, omega, real)
         self.last_alpha = alpha
         out = out.reshape(b, self.num_heads, length, self.head_dim).transpose(1, 2).reshape(b, length, -1)
         return self.o_proj(out.to(hidden_states.dtype)), None
@@ -209,7 +199,7 @@ class DMCAttention(nn.Module):
             alpha = forced.to(k.dtype) * can_merge
             logits = torch.where(alpha > 0, math.inf, -math.inf)
         else:
-            logits = decisions.decision_logits(k, self.dmc.decision_bias).float()
+            logits = channels.decision_logits(k, self.dmc.decision_bias).float()
             if self.training:
                 logits = decisions.gumbel_sigmoid_logits(logits, self.dmc.temperature)
                 alpha = torch.sigmoid(logits) * can_merge
@@ -225,69 +215,16 @@ class DMCAttention(nn.Module):
         bias = bias.masked_fill(~real[:, None, :], -math.inf)
         return alpha, bias
 
-    def _accumulate(self, layer: DMCLayer | None, kv: Tensor, alpha: Tensor, omega: Tensor) -> Tensor:
+    def _accumulate(self, run: OpenRun | None, kv: Tensor, alpha: Tensor, omega: Tensor) -> Tensor:
         """Partial accumulation of the chunk's keys and values (B, H, L, 2D), continuing each
         row's open run from the cache when there is one (in fp32)."""
         past = 0
-        if layer is not None:
-            b, h, length = kv.shape[:3]
-            past = layer.run.omega.shape[1]
-            if length == 1:
-                return decisions.extend_run(layer.run.kv.view(b, h, past, -1), layer.run.omega.view(b, h, past),
-                                            kv, alpha, omega)
-            kv = torch.cat([layer.run.kv.view(b, h, past, -1).to(kv.dtype), kv], dim=2)
-            alpha = torch.cat([alpha.new_ones(b, h, past), alpha], dim=2)
-            omega = torch.cat([layer.run.omega.view(b, h, past), omega.float()], dim=2)
+        if run is not None:
+            past = run.omega.shape[-1]
+            if kv.shape[2] == 1:
+                return decisions.extend_run(run.kv, run.omega, kv, alpha, omega)
+            kv = torch.cat([run.kv.to(kv.dtype), kv], dim=2)
+            alpha = torch.cat([alpha.new_ones(*alpha.shape[:2], past), alpha], dim=2)
+            omega = torch.cat([run.omega, omega.float()], dim=2)
         state = decisions.accumulate(kv.float(), alpha.float(), omega.float(), self.dmc.window)
         return state[:, :, past:]
-
-    @torch.no_grad()
-    def _store(self, layer: DMCLayer, kv: Tensor, k_rot: Tensor, v_state: Tensor,
-               alpha: Tensor, omega: Tensor, real: Tensor) -> None:
-        """Write the chunk's group ends as slots and keep the new open run (kv: (B, H, L, 2D))."""
-        b, h, length, _ = kv.shape
-        merges = alpha.detach() > 0.5                                                   # (B, H, L)
-        closes = torch.cat([~merges[..., 1:], merges.new_ones(b, h, 1)], dim=2) & real[:, None, :]
-        first_slot = layer.slots - merges[..., 0].reshape(-1).long()                  # (R,)
-        slot = first_slot.view(b, h, 1) + closes.long().cumsum(2) - 1
-        bi, hi, ti = closes.nonzero(as_tuple=True)
-        rows = bi * h + hi
-        layer.write(rows, slot[bi, hi, ti], k_rot[bi, hi, ti], v_state[bi, hi, ti])
-        layer.slots = first_slot + closes.sum(2).reshape(-1)
-
-        # Open run: tokens since the last append (in the cache's run or in this chunk), newest last.
-        run = layer.run
-        w = run.omega.shape[1]
-        if w == 0:
-            return
-        appends = (~merges) & real[:, None, :]
-        index = torch.arange(length, device=kv.device)
-        last_append = torch.where(appends, index + w, 0).amax(2, keepdim=True)       # in extended coordinates
-        keep = torch.arange(w + length, device=kv.device) >= last_append              # (B, H, w+L)
-        ext_kv = torch.cat([run.kv.view(b, h, w, -1), kv.to(run.kv.dtype)], 2)
-        ext_w = torch.cat([run.omega.view(b, h, w), omega.float()], 2) * keep
-        run.kv = ext_kv[:, :, -w:].reshape(b * h, w, -1).contiguous()
-        run.omega = ext_w[:, :, -w:].reshape(b * h, w).contiguous()
-
-    @torch.no_grad()
-    def _store_token(self, layer: DMCLayer, kv: Tensor, k_rot: Tensor, v_state: Tensor,
-                     alpha: Tensor, omega: Tensor, real: Tensor) -> None:
-        """``_store`` for one token per row (decoding), in a few whole-row operations: a real
-        token's state always goes to its row's last slot (a new one when it appends), and the
-        open run shifts by one, emptied first when the token appends."""
-        rows = layer.rows
-        merges = alpha.detach().reshape(rows) > 0.5
-        real = real.expand(-1, kv.shape[1]).reshape(rows)
-        slot = layer.slots - merges.long()
-        if bool(real.all()):
-            layer.write(torch.arange(rows, device=kv.device), slot, k_rot.reshape(rows, -1),
-                        v_state.reshape(rows, -1))
-        else:
-            index = real.nonzero()[:, 0]
-            layer.write(index, slot[index], k_rot.reshape(rows, -1)[index], v_state.reshape(rows, -1)[index])
-        layer.slots = slot + real.long()
-        run = layer.run
-        if run.omega.shape[1] == 0:
-            return
-        run.kv = torch.cat([run.kv[:, 1:], kv.reshape(rows, 1, -1).to(run.kv.dtype)], 1)
-        run.omega = torch.cat([run.omega[:, 1:] * merges[:, None], omega.reshape(rows, 1).float()], 1)

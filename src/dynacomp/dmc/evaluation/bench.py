@@ -33,6 +33,7 @@ from typing import Literal, get_args
 import torch
 
 from dynacomp.config import field
+from dynacomp.dmc.cache import DMCCache
 from dynacomp.dmc.config import DMCConfig
 
 Method = Literal["hf_generate", "vanilla", "dmc"]
@@ -93,9 +94,8 @@ class _AttentionTimer:
 def _kv_bytes(cache) -> int:
     """Bytes the cache holds: a static cache's allocation for the whole run; a DMC cache's page
     pools as reserved (they grow ahead of use) and its open runs."""
-    if hasattr(cache, "stats"):
-        stats = cache.stats()
-        return stats["bytes_reserved"] + stats["open_run_bytes"]
+    if isinstance(cache, DMCCache):
+        return cache.stats().reserved_bytes
     return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values)
                if t is not None)
 
@@ -191,7 +191,7 @@ def measure(method: Method, cr: float, config: BenchConfig) -> dict:
     decoder = GreedyDecoder(model, ids, cache)
     for _ in range(config.new_tokens):
         decoder.step()
-    realised = cache.stats()["compression_ratio"] if method == "dmc" else 1.0
+    realised = cache.stats().compression_ratio if method == "dmc" else 1.0
     return _row(method, realised, config, decoder.steps, decoder.timer.seconds, _kv_bytes(cache))
 
 
@@ -217,7 +217,7 @@ def measure_paired(crs: list[float], config: BenchConfig) -> dict:
             decoder.step()
     rows = []
     for decoder in dmc:
-        row = _row("dmc", decoder.cache.stats()["compression_ratio"], config, decoder.steps,
+        row = _row("dmc", decoder.cache.stats().compression_ratio, config, decoder.steps,
                    decoder.timer.seconds, _kv_bytes(decoder.cache))
         row["speedup_vs_vanilla"] = statistics.median(d / m for d, m in zip(dense.steps, decoder.steps))
         rows.append(row)
@@ -230,7 +230,7 @@ def measure_in_worker(method: str, cr: float | list[float], config: BenchConfig)
     """``measure`` (``measure_paired`` for method "paired") in a fresh Python process; its peak
     memory is then the method's own."""
     payload = json.dumps({"method": method, "cr": cr, "config": asdict(config)})
-    done = subprocess.run([sys.executable, "-m", "dynacomp.dmc.bench", payload], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "dynacomp.dmc.evaluation.bench_worker", payload], capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"benchmark worker for {method} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -289,10 +289,3 @@ def max_batch(config: BenchConfig, jobs: list[tuple[str, float]], rows: list[dic
         out.append({"method": method, "cr": row["cr"], "max_batch": best["batch"],
                     "tokens_per_s": best["tokens_per_s"], "kv_bytes": best["kv_bytes"]})
     return out
-
-
-if __name__ == "__main__":
-    job = json.loads(sys.argv[1])
-    config = BenchConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in job["config"].items()})
-    print(json.dumps(measure_paired(job["cr"], config) if job["method"] == "paired"
-                     else measure(job["method"], job["cr"], config)))

@@ -41,6 +41,8 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from dynacomp.dmc.cache import CacheStats
+
 ATTN_IMPLEMENTATION = "dynacomp_budget"
 
 # The layer whose keys the next attention call receives: Cache.update runs right before the
@@ -125,7 +127,7 @@ class BudgetLayer(CacheLayerMixin):
         if self.awaiting:
             raise RuntimeError(f"BudgetCache evicts by attention weights, but the last step's were never seen: "
                                f"run the model with the {ATTN_IMPLEMENTATION!r} attention "
-                               "(dynacomp.dmc.baselines.use_budget_attention(model))")
+                               "(dynacomp.dmc.policies.eviction.use_budget_attention(model))")
         if not self.is_initialized:
             self.lazy_initialization(key_states)
         b, h, length, _ = key_states.shape
@@ -185,12 +187,19 @@ class BudgetCache(Cache):
     def for_model(cls, model, policy: Policy, cr: float) -> BudgetCache:
         return cls(model.config.num_hidden_layers, policy, cr)
 
-    def stats(self) -> dict:
-        """Tokens and slots (summed over layers and KV heads of all sequences) and their ratio."""
+    def stats(self) -> CacheStats:
+        """Tokens (summed over sequences) and slots (over layers, KV heads and sequences); the
+        memory of the kept slots' keys and values against a dense cache of every token."""
         layers = [layer for layer in self.layers if layer.is_initialized]
-        tokens = sum(layer.seen * layer.keys.shape[0] * layer.keys.shape[1] for layer in layers)
-        slots = sum(layer.keys.shape[0] * layer.keys.shape[1] * layer.keys.shape[2] for layer in layers)
-        return {"tokens": tokens, "slots": slots, "compression_ratio": tokens / max(slots, 1)}
+        if not layers:
+            return CacheStats()
+        b, h, _, d = layers[0].keys.shape
+        slot_bytes = 2 * d * layers[0].keys.element_size()
+        slots = sum(b * h * layer.keys.shape[2] for layer in layers)
+        dense_slots = sum(b * h * layer.seen for layer in layers)
+        held = slots * slot_bytes
+        return CacheStats(tokens=b * layers[0].seen, slots=slots, bytes=held, dense_bytes=dense_slots * slot_bytes,
+                          compression_ratio=dense_slots / max(slots, 1), allocated_bytes=held, reserved_bytes=held)
 
 
 # -- attention ----------------------------------------------------------------------------------------
@@ -225,13 +234,11 @@ def _padding_mask(*, attention_mask: Tensor | None = None, **_) -> Tensor | None
     return attention_mask
 
 
-ALL_ATTENTION_FUNCTIONS.register(ATTN_IMPLEMENTATION, budget_attention)
-ALL_MASK_ATTENTION_FUNCTIONS.register(ATTN_IMPLEMENTATION, _padding_mask)
-
-
 @contextlib.contextmanager
 def use_budget_attention(model) -> Iterator[None]:
     """Run ``model`` with ``budget_attention`` inside the block; its own attention afterwards."""
+    ALL_ATTENTION_FUNCTIONS.register(ATTN_IMPLEMENTATION, budget_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(ATTN_IMPLEMENTATION, _padding_mask)
     config = model.config
     previous = config._attn_implementation
     config._attn_implementation = ATTN_IMPLEMENTATION

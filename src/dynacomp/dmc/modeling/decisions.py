@@ -1,16 +1,7 @@
-"""DMC math as pure functions: decisions, importances, and the windowed partial accumulation.
+"""DMC math as pure functions: forced decisions, the Gumbel-sigmoid relaxation and the windowed
+partial accumulation (the channels decisions are read from: ``channels``).
 
 Shapes: B batch, H key-value heads, G query heads per KV head, L tokens, D head dim.
-
-Which channels are repurposed, and why the last one: DMC adds no parameters; it reads the
-merge decision from one key channel and the importance from one query channel of every head,
-and sets both channels to zero *before* RoPE so their values never reach the attention scores.
-We use the last channel, as the official code does. Under the rotate-half RoPE of Llama, Qwen and
-Mistral, channel D-1 pairs with channel D/2-1, the lowest rotary frequency (for SmolLM2,
-theta=1e5, D=64: 1.4e-5 rad per token). Zeroing it pre-RoPE leaves the partner channel's
-contribution q_p k_p cos(delta), which for that frequency is almost exactly q_p k_p: the head
-loses the least positional information of any channel choice. It also makes a converted model
-whose two channels were zeroed compute exactly what the unconverted zeroed model computes.
 """
 
 from __future__ import annotations
@@ -18,27 +9,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-
-def decision_logits(keys: Tensor, bias: float) -> Tensor:
-    """Merge logits a_t = k_t[-1] - bias from pre-RoPE keys (B, H, L, D) -> (B, H, L)."""
-    return keys[..., -1] - bias
-
-
-def importance(queries: Tensor, kv_heads: int, bias: float) -> Tensor:
-    """Importance omega_t = sigmoid(mean over the query group of q_t[-1] + bias).
-
-    queries: pre-RoPE (B, H*G, L, D) -> (B, H, L). Averaging the logits over the group lets one KV
-    head's merge weight come from all query heads that read it (GQA).
-    """
-    b, hq, length, _ = queries.shape
-    logits = queries[..., -1].view(b, kv_heads, hq // kv_heads, length).mean(2)
-    return torch.sigmoid(logits + bias)
-
-
-def without_decision_channel(x: Tensor) -> Tensor:
-    """x (..., D) with its last channel set to zero (out of place, autograd-friendly)."""
-    return torch.cat([x[..., :-1], torch.zeros_like(x[..., -1:])], dim=-1)
 
 
 def gumbel_sigmoid_logits(logits: Tensor, temperature: float, generator: torch.Generator | None = None) -> Tensor:

@@ -25,6 +25,8 @@ import torch
 from torch import Tensor
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from dynacomp.dmc.cache import CacheStats
+
 FULL_PRECISION_BITS = 16
 
 
@@ -161,8 +163,16 @@ class QuantizedKVCache(Cache):
     def for_model(cls, model, bits: int, group: int = 64, residual: int = 128) -> QuantizedKVCache:
         return cls(model.config.num_hidden_layers, bits, group, residual)
 
-    def stats(self) -> dict:
-        """Bytes under the 16-bit convention (module docstring) and the ratio to a 16-bit dense cache."""
-        sizes = [layer.bits_stored() for layer in self.layers if layer.is_initialized]
+    def stats(self) -> CacheStats:
+        """Bytes under the 16-bit convention (module docstring) and the ratio to a 16-bit dense cache;
+        every token counts as one slot per layer and KV head."""
+        layers = [layer for layer in self.layers if layer.is_initialized]
+        if not layers:
+            return CacheStats()
+        sizes = [layer.bits_stored() for layer in layers]
         stored, dense = sum(s for s, _ in sizes), sum(d for _, d in sizes)
-        return {"bytes": stored // 8, "dense_bytes": dense // 8, "compression_ratio": dense / max(stored, 1)}
+        b, h = layers[0].keys.shape[:2]
+        tokens = layers[0].get_seq_length()
+        return CacheStats(tokens=b * tokens, slots=b * h * tokens * len(layers), bytes=stored // 8,
+                          dense_bytes=dense // 8, compression_ratio=dense / max(stored, 1),
+                          allocated_bytes=stored // 8, reserved_bytes=stored // 8)

@@ -1,0 +1,92 @@
+"""Every piece of decision-channel surgery in one place: which channels DMC reads, how they are
+read, and how their weights are zeroed or scaled.
+
+DMC adds no parameters: it reads the merge decision from one key channel and the importance from
+one query channel of every head, and sets both channels to zero *before* RoPE so their values
+never reach the attention scores. We use the last channel, as the official code does. Under the
+rotate-half RoPE of Llama, Qwen and Mistral, channel D-1 pairs with channel D/2-1, the lowest
+rotary frequency (for SmolLM2, theta=1e5, D=64: 1.4e-5 rad per token). Zeroing it pre-RoPE leaves
+the partner channel's contribution q_p k_p cos(delta), which for that frequency is almost exactly
+q_p k_p: the head loses the least positional information of any channel choice. It also makes a
+converted model whose two channels were zeroed compute exactly what the unconverted zeroed model
+computes.
+
+Shapes: B batch, H KV heads, G query heads per KV head, L tokens, D head dim.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def head_dim(config) -> int:
+    """The head dimension of a transformers config (explicit, or hidden size over heads)."""
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def decision_logits(keys: Tensor, bias: float) -> Tensor:
+    """Merge logits a_t = k_t[-1] - bias from pre-RoPE keys (B, H, L, D) -> (B, H, L)."""
+    return keys[..., -1] - bias
+
+
+def importance(queries: Tensor, kv_heads: int, bias: float) -> Tensor:
+    """Importance omega_t = sigmoid(mean over the query group of q_t[-1] + bias).
+
+    queries: pre-RoPE (B, H*G, L, D) -> (B, H, L). Averaging the logits over the group lets one KV
+    head's merge weight come from all query heads that read it (GQA).
+    """
+    b, hq, length, _ = queries.shape
+    logits = queries[..., -1].view(b, kv_heads, hq // kv_heads, length).mean(2)
+    return torch.sigmoid(logits + bias)
+
+
+def without_decision_channel(x: Tensor) -> Tensor:
+    """x (..., D) with its last channel set to zero (out of place, autograd-friendly)."""
+    return torch.cat([x[..., :-1], torch.zeros_like(x[..., -1:])], dim=-1)
+
+
+def scale_decision_channel(heads_output: Tensor, dim: int, scale: float) -> Tensor:
+    """What produces pre-RoPE q / k, (B, L, heads * D) or (B, L, heads, D), with the last channel
+    of every head times ``scale`` (the retrofit's forward hook)."""
+    heads = heads_output.unflatten(-1, (-1, dim))
+    return torch.cat([heads[..., :-1], heads[..., -1:] * scale], dim=-1).flatten(-2)
+
+
+def source_modules(attention: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The modules whose outputs are the pre-RoPE q and k: the per-head norms where the model has
+    them (Qwen3), else the projections."""
+    return (getattr(attention, "q_norm", None) or attention.q_proj,
+            getattr(attention, "k_norm", None) or attention.k_proj)
+
+
+def _weights(modules: tuple[nn.Module | None, ...], dim: int):
+    """(tensor, index) of the weights behind the repurposed channel in each module given."""
+    for module in modules:
+        if isinstance(module, nn.Linear):
+            yield from ((t, slice(dim - 1, None, dim)) for t in (module.weight, module.bias) if t is not None)
+        elif module is not None:
+            yield module.weight, -1
+
+
+@torch.no_grad()
+def scale_weights(model: nn.Module, scale: float) -> None:
+    """Multiply what produces the repurposed channels (``source_modules``) by ``scale`` in every
+    layer: the rows of the q/k projections, or the last weight of a per-head norm."""
+    d = head_dim(model.config)
+    for layer in model.model.layers:
+        for weight, index in _weights(source_modules(layer.self_attn), d):
+            weight[index] *= scale
+
+
+@torch.no_grad()
+def zero(model: nn.Module) -> None:
+    """Zero the repurposed channels, projection rows and per-head norm weights alike (the end of the
+    official zero-out stage), so decisions start at alpha = sigmoid(-bias) and the model computes
+    what it did with those channels zeroed."""
+    d = head_dim(model.config)
+    for layer in model.model.layers:
+        attn = layer.self_attn
+        modules = (attn.q_proj, attn.k_proj, getattr(attn, "q_norm", None), getattr(attn, "k_norm", None))
+        for weight, index in _weights(modules, d):
+            weight[index] = 0
