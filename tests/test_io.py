@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from dynacomp.io import figure, write_json
+from dynacomp.io import atomic_path, figure, write_json
 
 
 def test_figure_writes_the_format_its_suffix_names(tmp_path):
@@ -29,3 +29,10 @@ def test_json_is_strict_undefined_numbers_are_null(tmp_path):
     text = (tmp_path / "x.json").read_text()
     assert json.loads(text) == {"error": None, "os": [None, 1.5], "path": str(tmp_path)}
     assert "NaN" not in text and "Infinity" not in text
+
+
+def test_an_atomic_folder_may_hold_links_that_point_nowhere(tmp_path):
+    with atomic_path(tmp_path / "package") as folder:
+        folder.mkdir()
+        (folder / "doc").symlink_to("elsewhere")   # as in unpacked .debs whose doc folder links to another's
+    assert (tmp_path / "package" / "doc").is_symlink()

@@ -37,7 +37,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield target
         for written in (target.rglob("*") if target.is_dir() else [target]):
-            _fsync(written)
+            if not written.is_symlink():   # its target may lie elsewhere, or nowhere (a .deb's doc folder links)
+                _fsync(written)
         if target.is_dir() and path.exists():
             # A folder cannot be renamed onto a non-empty folder: move the old one aside first.
             old = tmp / ".old"
