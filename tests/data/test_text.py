@@ -148,7 +148,8 @@ def _require_cached(name: str) -> None:
 
 @pytest.mark.parametrize("name, min_bytes, documents", [
     ("english", 5_000_000, 42), ("hebrew", 2_500_000, 39),
-    ("finnish", 900_000, None), ("vietnamese", 900_000, None)])
+    ("finnish", 900_000, None), ("vietnamese", 900_000, None),
+    ("austen", 3_900_000, 269), ("bible", 4_800_000, 81), ("manpages", 5_500_000, None)])
 def test_real_corpus(name, min_bytes, documents, monkeypatch):
     _require_cached(name)
 
@@ -182,3 +183,27 @@ def test_real_hebrew_is_unpointed():
     genesis = {d.id: d.text for d in text.load_documents("hebrew")}["Genesis"]
     assert genesis.startswith("בראשית ברא אלהים את השמים ואת הארץ׃\n")
     assert not any("\u0591" <= c <= "\u05c7" and c not in "־׃" for c in genesis)
+
+
+def test_real_austen_is_unwrapped_chapters():
+    _require_cached("austen")
+    docs = {d.id: d.text for d in text.load_documents("austen")}
+    assert docs["prideprejudice/01"].startswith("It is a truth universally acknowledged, that a single man in "
+                                                "possession of a good fortune, must be in want of a wife.\n")
+    assert len(docs) == 269 and not any("_" in t or "CHAPTER" in t for t in docs.values())
+
+
+def test_real_bible_is_books_without_footnotes():
+    _require_cached("bible")
+    docs = {d.id: d.text for d in text.load_documents("bible")}
+    assert docs["Gen"].startswith("In the beginning, God created the heavens and the earth. The earth was formless")
+    assert "Elohim" not in docs["Gen"][:500] and not any("<" in t for t in docs.values())
+    assert text.corpus_info("bible")["test_documents"] == ["Exod", "Dan", "Jonah", "Bar"]
+
+
+def test_real_manpages_are_rendered_text():
+    _require_cached("manpages")
+    docs = {d.id: d.text for d in text.load_documents("manpages")}
+    assert docs["man7/signal.7"].startswith("NAME\nsignal - overview of signals\n\nDESCRIPTION\nLinux supports")
+    assert "man2/open.2" in docs and "man7/ascii.7" not in docs and "man7/iso-8859-1.7" not in docs
+    assert not any("─" * 20 in t for t in docs.values())   # no table rule stretched over the line length

@@ -9,6 +9,17 @@
   ``-vi``: unique lines over 40 characters that are really translated. One document per page.
   These need ``apt-get``; where it is missing they fail with a clear error.
 
+English of other domains than Shakespeare, for held-out evaluation (all from Debian, so ``apt-get``
+is needed here too):
+
+- ``austen``: Jane Austen's six novels from ``r-cran-janeaustenr`` (an R lazy-load database of one
+  character vector per novel), a paragraph per line. One document per chapter.
+- ``bible``: the World English Bible with the deuterocanon from ``sword-text-web`` (a SWORD zText
+  module, OSIS markup), without footnotes, a paragraph or poetry line per line. One document per book.
+- ``manpages``: the Linux man-pages (``manpages``, ``manpages-dev``) rendered to text by the local
+  ``groff``, without the character set tables; one document per page (aliases once). Another groff
+  version may space a few lines differently.
+
 A builder returns the corpus's documents; ``dynacomp.data.text`` splits and caches them.
 """
 
@@ -16,15 +27,23 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gzip
+import html
 import re
+import shutil
 import sqlite3
+import struct
+import subprocess
 import tarfile
 import unicodedata
 import zipfile
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from dynacomp.console import progress
 from dynacomp.data.packages import fetch_debian, fetch_pypi
@@ -206,6 +225,208 @@ def _libreoffice_help(language: str) -> list[Document]:
     return docs
 
 
+# ---------------------------------------------------------------------------------------------
+# Jane Austen: the novels of the R package janeaustenr (Debian r-cran-janeaustenr)
+
+def unserialize_r(data: bytes) -> Any:
+    """An R object serialised in XDR format (as ``saveRDS`` and lazy-load databases store them).
+
+    Only what data packages of text need: NULL, symbols, pairlists, logical, integer and character
+    vectors and lists. A vector with a ``names`` attribute becomes a dict; NA becomes None.
+    """
+    if data[:2] != b"X\n":
+        raise ValueError("not an R serialisation in XDR format")
+    pos = 2
+    symbols: list[str] = []
+
+    def integer() -> int:
+        nonlocal pos
+        pos += 4
+        return struct.unpack_from(">i", data, pos - 4)[0]
+
+    def string(n: int, latin1: bool) -> str:
+        nonlocal pos
+        pos += n
+        return data[pos - n:pos].decode("latin-1" if latin1 else "utf-8")
+
+    def item() -> Any:
+        flags = integer()
+        kind, has_attributes, has_tag = flags & 0xFF, flags & 0x200, flags & 0x400
+        if kind == 254:                                   # NULL
+            return None
+        if kind == 255:                                   # a reference to a symbol read before
+            return symbols[(flags >> 8 or integer()) - 1]
+        if kind == 1:                                     # a symbol: its name
+            symbols.append(item())
+            return symbols[-1]
+        if kind == 9:                                     # one string (its encoding in the flags)
+            n = integer()
+            return None if n == -1 else string(n, bool(flags & (1 << 14)))
+        if kind == 2:                                     # a pairlist (attributes): {tag: value}
+            if has_attributes:
+                item()
+            tag = item() if has_tag else None
+            value, rest = item(), item()
+            return {tag: value, **(rest or {})}
+        if kind not in (10, 13, 16, 19):
+            raise ValueError(f"R object type {kind} is not supported")
+        n = integer()
+        if kind in (10, 13):                              # logical, integer
+            values = [integer() for _ in range(n)]
+            values = [None if v == -2**31 else bool(v) if kind == 10 else v for v in values]
+        else:                                             # character vector, list
+            values = [item() for _ in range(n)]
+        attributes = item() if has_attributes else {}
+        return dict(zip(attributes["names"], values)) if "names" in attributes else values
+
+    version, _, _ = integer(), integer(), integer()      # format version, R's version, the oldest reader's
+    if version == 3:
+        string(integer(), latin1=False)                  # the native encoding
+    return item()
+
+
+def read_r_lazyload(prefix: Path) -> dict[str, Any]:
+    """The objects of an R lazy-load database: ``prefix.rdx`` indexes them in ``prefix.rdb``, where
+    each is a 4-byte length and a zlib stream of its serialisation."""
+    index = unserialize_r(gzip.decompress(prefix.with_suffix(".rdx").read_bytes()))
+    if index["compressed"] != [True]:
+        raise ValueError(f"{prefix}.rdb is not zlib-compressed (compressed={index['compressed']})")
+    data = prefix.with_suffix(".rdb").read_bytes()
+    return {name: unserialize_r(zlib.decompress(data[start + 4:start + length]))
+            for name, (start, length) in index["variables"].items()}
+
+
+_AUSTEN_CHAPTER = re.compile(r"^(CHAPTER|Chapter) \w+$")
+_AUSTEN_VOLUME = re.compile(r"^VOLUME [IVX]+$")
+_AUSTEN_END = re.compile(r"^(THE END|FINIS|Finis|A NOTE ON THE TEXT)$")   # an editor's note may follow
+
+
+def austen_documents(novels: dict[str, list[str | None]]) -> list[Document]:
+    """One document per chapter (``emma/01``, ...): its paragraphs, unwrapped, one per line, without
+    the heading and the underscores that mark italics. Title pages before chapter 1 and whatever
+    follows the end of a novel are left out."""
+    docs = []
+    for novel, lines in novels.items():
+        chapters: list[list[str]] = []
+        for line in lines:
+            line = (line or "").strip()
+            if _AUSTEN_END.match(line):
+                break
+            if _AUSTEN_CHAPTER.match(line):
+                chapters.append([])
+            elif chapters and not _AUSTEN_VOLUME.match(line):
+                chapters[-1].append(line.replace("_", ""))
+        for number, chapter in enumerate(chapters, 1):
+            paragraphs = " ".join(line or "\n" for line in chapter).split("\n")
+            text = "\n".join(" ".join(p.split()) for p in paragraphs if p.strip())
+            docs.append(Document(f"{novel}/{number:02d}", text))
+    return docs
+
+
+def _austen() -> list[Document]:
+    root = fetch_debian("r-cran-janeaustenr") / "usr/lib/R/site-library/janeaustenr"
+    return austen_documents(read_r_lazyload(root / "data" / "Rdata"))
+
+
+# ---------------------------------------------------------------------------------------------
+# The World English Bible: a SWORD zText module (Debian sword-text-web)
+
+def sword_ztext(folder: Path) -> Iterator[str]:
+    """The entries of a SWORD zText module in canonical order (Old, then New Testament): headings
+    and verses in the module's markup. Per testament, ``*.bzv`` holds (block, offset, size) of each
+    entry and ``*.bzs`` (offset, size, unpacked size) of each zlib block of ``*.bzz``, little-endian."""
+    for testament in ("ot", "nt"):
+        blocks = (folder / f"{testament}.bzs").read_bytes()
+        packed = (folder / f"{testament}.bzz").read_bytes()
+        current, text = -1, b""
+        for block, offset, size in struct.iter_unpack("<IIH", (folder / f"{testament}.bzv").read_bytes()):
+            if size:
+                if block != current:   # entries come block by block: unpack each once
+                    start, length, _ = struct.unpack_from("<III", blocks, 12 * block)
+                    current, text = block, zlib.decompress(packed[start:start + length])
+                yield text[offset:offset + size].decode("utf-8")
+
+
+_OSIS_CHAPTER = re.compile(r'<chapter\b[^>]*\bsID="(([^".]+)\.\d+)"[^>]*/>(.*?)<chapter\b[^>]*\beID="\1"', re.S)
+_OSIS_NOTE = re.compile(r"<note\b.*?</note>([”’.,;:!?)]?)", re.S)
+_OSIS_LINE = re.compile(r'<(?:l|lg|lb|title|/title)\b[^>]*>|<div\b[^>]*\btype="x-p"[^>]*>')   # paragraph, poetry line
+
+
+def osis_text(osis: str) -> str:
+    """Plain text of OSIS markup: footnotes and cross-references dropped, a line per paragraph,
+    poetry line or title, whitespace collapsed."""
+    # a note often sits between two words with no space around it: it leaves one, unless punctuation follows
+    osis = _OSIS_NOTE.sub(lambda note: note.group(1) or " ", osis)
+    text = html.unescape(re.sub(r"<[^>]*>", "", _OSIS_LINE.sub("\n", osis)))
+    lines = (" ".join(line.split()) for line in text.split("\n"))
+    return "\n".join(line for line in lines if line)
+
+
+def bible_documents(entries: Iterator[str]) -> list[Document]:
+    """One document per book (by its OSIS id: ``Gen``, ``Matt``): the text of its chapters, a blank
+    line between chapters; introductions and headings outside chapters are left out."""
+    books: dict[str, list[str]] = {}
+    for chapter in _OSIS_CHAPTER.finditer(" ".join(entries)):
+        books.setdefault(chapter.group(2), []).append(osis_text(chapter.group(3)))
+    return [Document(book, "\n\n".join(chapters)) for book, chapters in books.items()]
+
+
+def _bible() -> list[Document]:
+    root = fetch_debian("sword-text-web") / "usr/share/sword/modules/texts/ztext/engWEB2015eb"
+    return bible_documents(sword_ztext(root))
+
+
+# ---------------------------------------------------------------------------------------------
+# Technical English: the Linux man-pages (Debian manpages, manpages-dev), rendered by groff
+
+# tbl for tables; one page, wide enough that a paragraph stays on one line; no hyphens, ragged right
+_GROFF = ["groff", "-k", "-t", "-man", "-Tutf8", "-P-cbou", "-rcR=1", "-rLL=100000n", "-rHY=0", "-dAD=l"]
+_SENTENCE_SPACE = re.compile(r"(?<=[.?!])([)\]\"'’”]*) {2}(?=\S)")   # groff's two spaces after a sentence
+_MAN_INDENT = 7   # of a page's body under its section headings
+_TABLE_RULE = re.compile(r"[\s\u2500-\u257f]+")   # box drawing only; tbl stretches it over the line length
+_CHARSET_TABLE = re.compile(r"\A.*\n.* character set encoded in octal")   # a table of code points, not English
+
+
+def man_text(rendered: str) -> str:
+    """The body of a page as groff renders it: header and footer lines dropped, the body's indent
+    removed (deeper indents kept: code, lists), one space after a sentence, table rules dropped and
+    the padding of boxed cells squeezed, single blank lines."""
+    lines = [line.rstrip() for line in rendered.split("\n")]
+    body = [i for i, line in enumerate(lines) if line]
+    kept = []
+    for line in lines[body[1]:body[-1]] if len(body) > 2 else []:
+        if line and _TABLE_RULE.fullmatch(line):
+            continue
+        line = line[min(_MAN_INDENT, len(line) - len(line.lstrip())):]
+        kept.append(re.sub(r" {2,}", " ", line) if "│" in line else _SENTENCE_SPACE.sub(r"\1 ", line))
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(kept)).strip()
+
+
+def render_man_page(page: Path) -> str | None:
+    """The text of a gzipped man page (``man_text`` of groff's rendering); None for another name of
+    a page (a ``.so`` request)."""
+    source = gzip.decompress(page.read_bytes())
+    if source.startswith(b".so "):
+        return None
+    done = subprocess.run(_GROFF, input=source, capture_output=True)
+    if done.returncode:
+        raise RuntimeError(f"groff could not render {page}: {done.stderr.decode(errors='replace')[-500:]}")
+    return man_text(done.stdout.decode())
+
+
+def _manpages() -> list[Document]:
+    if shutil.which("groff") is None:
+        raise RuntimeError("the manpages corpus is rendered with groff, which is not installed here: "
+                           "apt-get install groff-base")
+    pages = {page.relative_to(root).with_suffix("").as_posix(): page
+             for root in (fetch_debian(name) / "usr/share/man" for name in ("manpages", "manpages-dev"))
+             for page in sorted(root.glob("man*/*.gz")) if not page.is_symlink()}   # a link: another name of a page
+    with ThreadPoolExecutor() as pool:   # one groff process per page: run them side by side
+        texts = list(progress(pool.map(render_man_page, pages.values()), total=len(pages), desc="manpages",
+                              unit="page"))
+    return [Document(name, text) for name, text in zip(pages, texts) if text and not _CHARSET_TABLE.search(text)]
+
+
 CORPORA: dict[str, CorpusSpec] = {
     spec.name: spec for spec in (
         CorpusSpec("english", "en", "Shakespeare: 42 plays and poems (modern Gutenberg text)",
@@ -220,6 +441,16 @@ CORPORA: dict[str, CorpusSpec] = {
         CorpusSpec("vietnamese", "vi", "LibreOffice 7.4 help, translated lines",
                    "Debian libreoffice-help-vi", "MPL-2.0", functools.partial(_libreoffice_help, "vi"),
                    needs_apt=True),
+        CorpusSpec("austen", "en", "Jane Austen's six novels",
+                   "Debian r-cran-janeaustenr (R data, one character vector per novel)",
+                   "texts public domain; package MIT", _austen, needs_apt=True),
+        CorpusSpec("bible", "en", "World English Bible with the deuterocanon, without footnotes",
+                   "Debian sword-text-web (SWORD zText module engWEB2015eb, OSIS)",
+                   "public domain", _bible, needs_apt=True),
+        CorpusSpec("manpages", "en", "Linux man-pages (commands, system calls, library, files, overviews)",
+                   "Debian manpages and manpages-dev (roff, rendered by groff)",
+                   "GPL-2+ and other free licences per page",
+                   _manpages, needs_apt=True),
     )
 }
 DEFAULT_CORPUS = "english"
