@@ -59,7 +59,7 @@ def test_vanilla_online_equals_teacher_forced(model_and_ids):
         assert (result["tokens"], result["windows"], result["ratio"]) == (3 * 23, 3, 1.0)
 
 
-@pytest.mark.parametrize("method", [m for m in POLICIES if m not in ("vanilla", "dmc")])
+@pytest.mark.parametrize("method", [m for m in POLICIES if m not in ("vanilla", "dmc", "dms")])
 def test_every_method_at_ratio_one_is_vanilla(model_and_ids, method):
     model, ids = model_and_ids
     vanilla = perplexity_online(model, ids, "vanilla", 1, 24)
@@ -92,9 +92,15 @@ def test_a_quantised_cache_is_measured_at_its_fullest(model_and_ids):
 
 def test_dmc_methods_check_the_model(model_and_ids):
     model, _ = model_and_ids
-    with pytest.raises(ValueError, match="learned decisions"):
+    with pytest.raises(ValueError, match="learned dmc decisions"):
         with method_runner(model, "dmc", 2):
             pass
+    dms = convert(tiny_model(), DMCConfig(policy="dms"))
+    with pytest.raises(ValueError, match="learned dmc decisions"):
+        with method_runner(dms, "dmc", 2):
+            pass
+    with method_runner(dms, "dms", 1) as runner:
+        assert runner.model is dms
     dmc = convert(tiny_model(), DMCConfig())
     with pytest.raises(ValueError, match="plain model"):
         with method_runner(dmc, "tova", 2):

@@ -235,3 +235,23 @@ def test_generate_cli_reads_the_retrofitted_checkpoint(finished_run, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["prompt"] == "To be, or not" and result["cache"]["tokens"] >= 5
     assert len(result["cache"]["per_layer_head"]) == 2
+
+
+def test_dms_retrofit_distils_evicts_and_decodes_like_its_teacher_forced_pass(tiny_folder, tmp_path):
+    """The same recipe with --policy dms: no zero-out stage, only the read channel zeroed,
+    distillation, a learned ratio, and a checkpoint whose cache frees evicted tokens."""
+    config = tiny_config(*tiny_folder, policy="dms", eviction_window=4, distill=1.0, decision_scale=100.0)
+    report = retrofit(config, tmp_path)
+    assert not (tmp_path / "zero_out").exists() and report["tokens_trained"] == 8 * 4 * 32
+    assert {"kl", "aux", "mean_alpha"} <= set(metrics(tmp_path / "finetune")[-1])
+    assert report["compression_ratio"] > 1.2
+    model, _ = load(tmp_path / "model")
+    assert model.dmc_config.policy == "dms"
+    ids = torch.randint(0, 1000, (1, 64))
+    with torch.no_grad():
+        teacher_forced = model(ids, use_cache=False).logits
+        cache = model.new_cache()
+        decoded = torch.cat([model(ids[:, :21], cache=cache).logits]
+                            + [model(ids[:, t:t + 1], cache=cache).logits for t in range(21, 64)], 1)
+    assert (teacher_forced - decoded).abs().max() <= 1e-3
+    assert cache.stats().compression_ratio > 1.0

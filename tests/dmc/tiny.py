@@ -41,3 +41,18 @@ def decode_step_by_step(model, ids, prefix: int):
         for t in range(prefix, ids.shape[1]):
             logits.append(model(ids[:, t:t + 1], cache=cache).logits)
     return torch.cat(logits, 1), cache
+
+
+def half_evicting_bias(model, ids, target: float = 0.5) -> float:
+    """The DMS decision bias at which about ``target`` of the tokens are marked for eviction on ``ids``."""
+    from dynacomp.dmc.modeling.channels import eviction_rows
+
+    rows = eviction_rows(model.config)
+    captured = []
+    handles = [layer.self_attn.q_proj.register_forward_hook(lambda m, i, o: captured.append(o[..., rows]))
+               for layer in model.model.layers]
+    with torch.no_grad():
+        model(ids, use_cache=False)
+    for h in handles:
+        h.remove()
+    return float(torch.cat([c.flatten() for c in captured]).quantile(1 - target))

@@ -5,12 +5,19 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from dynacomp.config import config_from_dict, field, to_dict
 
 
 @dataclass
 class DMCConfig:
+    policy: Literal["dmc", "dms"] = field(
+        "dmc", help="what a KV head's learned decision does: dmc merges the token into its last slot (Nawrot et "
+                    "al. 2024); dms marks it for eviction once it leaves a window of the last EVICTION_WINDOW tokens "
+                    "(Łańcucki et al. 2025)")
+    eviction_window: int = field(64, help="dms: tokens always kept (the last ones); a marked token is dropped "
+                                          "when it leaves this window (the paper: 256-512 for long generations)")
     decision_bias: float = field(
         5.0, help="subtracted from the repurposed key channel to get the merge logit, and added to the "
                   "repurposed query channel for the importance; 5 as in the official code, so a zeroed "
@@ -31,6 +38,10 @@ class DMCConfig:
                                        "never a dense length x length mask")
 
     def __post_init__(self) -> None:
+        if self.eviction_window < 1:
+            raise ValueError(f"eviction_window must be >= 1, got {self.eviction_window}")
+        if self.policy == "dms" and self.force_cr is not None:
+            raise ValueError("force_cr is a fixed merge pattern of DMC; DMS has no forced variant")
         if self.window < 1:
             raise ValueError(f"window must be >= 1, got {self.window}")
         if self.page_size < 1:

@@ -27,6 +27,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from transformers.cache_utils import Cache, CacheLayerMixin
 
@@ -62,8 +63,8 @@ def page_attention_fused(queries: Tensor, keys: Tensor, values: Tensor, valid: T
     mask = torch.where(valid, 0.0, -math.inf).to(keys.dtype)
     out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
         queries[:, None], keys[:, None], values[:, None], attn_mask=mask[:, None, None], scale=scale)[:2]
-    # The kernel gives lse 0 to a page with no valid slot; valid slots are a prefix of the page.
-    return out[:, 0].float(), lse[:, 0].float().masked_fill(~valid[:, :1], -math.inf)
+    # The kernel gives lse 0 to a page with no valid slot.
+    return out[:, 0].float(), lse[:, 0].float().masked_fill(~valid.any(1, keepdim=True), -math.inf)
 
 
 def page_attention_bmm(queries: Tensor, keys: Tensor, values: Tensor, valid: Tensor, scale: float):
@@ -72,6 +73,15 @@ def page_attention_bmm(queries: Tensor, keys: Tensor, values: Tensor, valid: Ten
     lse = torch.logsumexp(scores, -1)
     probs = torch.exp(scores - lse.nan_to_num(neginf=0.0).unsqueeze(-1))
     return torch.bmm(probs.to(values.dtype), values).float(), lse
+
+
+def merge_attention(out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor) -> tuple[Tensor, Tensor]:
+    """Combine two softmax attentions over disjoint key sets from their outputs (..., D) and
+    log-sum-exps (...)."""
+    lse = torch.logaddexp(lse_a, lse_b)
+    weight_a = torch.exp(lse_a - lse).nan_to_num(0.0).unsqueeze(-1)
+    weight_b = torch.exp(lse_b - lse).nan_to_num(0.0).unsqueeze(-1)
+    return out_a * weight_a + out_b * weight_b, lse
 
 
 @dataclass
@@ -95,9 +105,10 @@ class Chunk:
     token_index: Tensor
 
 
-class DMCLayer(CacheLayerMixin):
-    """One layer's pages, block tables, slot counts and open runs. Every method takes the batch's
-    sequence ids ``seqs`` (B,); tensors of a chunk are (B, H, ...)."""
+class PagedLayer(CacheLayerMixin):
+    """One layer's pages, block tables and slot counts, and the per-row state of its policy
+    (``_row_state``). Every method takes the batch's sequence ids ``seqs`` (B,); tensors of a chunk
+    are (B, H, ...). Subclasses say how a chunk and a decoded token are written."""
 
     def __init__(self, page_size: int, window: int):
         super().__init__()
@@ -114,7 +125,12 @@ class DMCLayer(CacheLayerMixin):
         self._free: list[int] = []
         self._pages_high = 0                       # every page in use has an id below this
         self._layout: PageLayout | None = None     # derived from the block table, for attend
-        self._run: OpenRun | None = None
+        self._state: dict[str, Tensor] = {}        # the policy's per-row state (R, ...)
+        self._empty: dict[str, float] = {}         # ... and its value in an empty row
+
+    def _row_state(self, keys: Tensor) -> dict[str, tuple[Tensor, float]]:
+        """The policy's per-row tensors, with no rows yet, and the value of an empty row."""
+        return {}
 
     # -- transformers' CacheLayerMixin ---------------------------------------------------------
 
@@ -128,12 +144,13 @@ class DMCLayer(CacheLayerMixin):
         self._v_pool = key_states.new_zeros(0, self.page_size, dim)
         self._page_row = torch.zeros(0, dtype=torch.long, device=self.device)
         self._page_index = torch.zeros(0, dtype=torch.long, device=self.device)
-        self._run = OpenRun(key_states.new_zeros(0, self.window - 1, 2 * dim),
-                            key_states.new_zeros(0, self.window - 1, dtype=torch.float32))
+        state = self._row_state(key_states)
+        self._state = {name: t for name, (t, _) in state.items()}
+        self._empty = {name: empty for name, (_, empty) in state.items()}
         self.is_initialized = True
 
     def update(self, key_states, value_states, cache_kwargs=None):
-        raise NotImplementedError("DMC layers are read and written by DMC attention (DMCAttention); "
+        raise NotImplementedError("paged layers are read and written by DMC / DMS attention; "
                                   "a stock attention cannot use a ragged cache")
 
     def get_seq_length(self) -> int:
@@ -158,8 +175,8 @@ class DMCLayer(CacheLayerMixin):
         self._slots = torch.cat([self._slots, self._slots.new_zeros(grow)])
         self._block_table = torch.cat([self._block_table, self._block_table.new_full(
             (grow, self._block_table.shape[1]), -1)])
-        self._run = OpenRun(torch.cat([self._run.kv, self._run.kv.new_zeros(grow, *self._run.kv.shape[1:])]),
-                            torch.cat([self._run.omega, self._run.omega.new_zeros(grow, *self._run.omega.shape[1:])]))
+        self._state = {name: torch.cat([t, t.new_full((grow, *t.shape[1:]), self._empty[name])])
+                       for name, t in self._state.items()}
         self.rows += grow
         self._layout = None
 
@@ -168,7 +185,6 @@ class DMCLayer(CacheLayerMixin):
         return (seqs[:, None] * self.heads + torch.arange(self.heads, device=seqs.device)).flatten()
 
     # -- pages ----------------------------------------------------------------------------------
-
     def _allocate(self, rows: Tensor, page_index: Tensor) -> Tensor:
         """New pages for (rows[i], page_index[i]); returns their ids. Grows the pool when needed."""
         need = rows.numel()
@@ -209,7 +225,9 @@ class DMCLayer(CacheLayerMixin):
 
     def free(self, seqs: Tensor) -> None:
         """Give the pages of these sequences back to the free list and empty their rows."""
-        rows = self.rows_of(seqs)
+        self._free_rows(self.rows_of(seqs))
+
+    def _free_rows(self, rows: Tensor) -> None:
         pages = self._block_table[rows]
         pages = pages[pages >= 0]
         self._page_row[pages] = -1
@@ -217,16 +235,113 @@ class DMCLayer(CacheLayerMixin):
         self._block_table[rows] = -1
         self._layout = None
         self._slots[rows] = 0
-        self._run.omega[rows] = 0
+        for name, t in self._state.items():
+            t[rows] = self._empty[name]
 
-    # -- writes ---------------------------------------------------------------------------------
+    def _gather(self, rows: Tensor, slots: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values (n, S, D) at (rows[i], slots[i, j]); slots (n, S) may be -1 (zeros there)."""
+        have = slots >= 0
+        safe = slots.clamp(min=0)
+        pages = self._block_table[rows[:, None], safe // self.page_size].clamp(min=0)
+        offsets = safe % self.page_size
+        keys = self._k_pool[pages, offsets] * have[..., None]
+        return keys, self._v_pool[pages, offsets] * have[..., None]
+
+    # -- attention ------------------------------------------------------------------------------
+
+    def has_slots(self, seqs: Tensor) -> bool:
+        return bool(self._slots[self.rows_of(seqs)].any())
+
+    def _page_layout(self) -> PageLayout:
+        """Where each page sits, rebuilt only after pages were allocated or released."""
+        if self._layout is None:
+            high = self._pages_high
+            slots = self._page_index[:high, None] * self.page_size + torch.arange(self.page_size, device=self.device)
+            self._layout = PageLayout(owner=self._page_row[:high], slots=slots, table=self._block_table.clamp(min=0),
+                                      missing=self._block_table[..., None] < 0)
+        return self._layout
+
+    def attend(self, seqs: Tensor, queries: Tensor, scale: float, hide_last: Tensor | None = None,
+               with_lse: bool = True) -> tuple[Tensor, Tensor | None]:
+        """Attention of each row's queries over its slots, its last one hidden where ``hide_last``.
+
+        queries: (B * H, M, D), M = query heads per KV head x query tokens; hide_last: (B * H,) 0/1
+        (a DMC chunk whose first token merges reopens its row's last slot, which it then replaces).
+        Returns out (B * H, M, D) (0 where nothing is visible) and, if ``with_lse``, the
+        log-sum-exp (B * H, M) (-inf where nothing is visible) for merging with attention over other
+        keys. Without the log-sum-exp (decoding), one call of the native kernel where it applies
+        (``dynacomp.dmc.cache.native``), else ``attend_split_k``.
+        """
+        rows = self.rows_of(seqs)
+        visible = self._slots[rows] if hide_last is None else self._slots[rows] - hide_last
+        if not with_lse and native.supports(self._k_pool):
+            return native.paged_decode_attention(queries, self._k_pool, self._v_pool, self._block_table[rows],
+                                                 visible, scale), None
+        return self.attend_split_k(rows, queries, visible, scale, with_lse)
+
+    def attend_split_k(self, rows: Tensor, queries: Tensor, visible: Tensor, scale: float,
+                       with_lse: bool = True, hidden: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """``attend`` of ``rows`` in PyTorch ops, split-K over pages as flash-decoding does: every
+        page below the high-water mark yields its own partial softmax (output and log-sum-exp), with
+        K and V read in place; each row then weighs the partials of its pages, found through its
+        block table, by their softmax. ``hidden`` (n, S): slots below S that no query of the row sees.
+        """
+        layout = self._page_layout()
+        high, n = self._pages_high, rows.numel()
+        # Batch position of every row; pages of other rows (and free ones, owner -1) map to n, which sees nothing.
+        position = torch.full((self.rows + 1,), n, dtype=torch.long, device=self.device)
+        position[rows] = torch.arange(n, device=self.device)
+        owner = position[layout.owner]
+        valid = layout.slots < torch.cat([visible, visible.new_zeros(1)])[owner][:, None]      # (N, P)
+        if hidden is not None:
+            padded = F.pad(hidden, (0, 1, 0, 1))                        # owner n and slots >= S: not hidden
+            valid &= ~padded[owner[:, None], layout.slots.clamp(max=hidden.shape[1])]
+        # index_select, not advanced indexing: the same gathers, several times faster on CPU.
+        page_out, page_lse = page_attention(queries.index_select(0, owner.clamp(max=n - 1)),
+                                            self._k_pool[:high], self._v_pool[:high], valid, scale)
+        table = layout.table.index_select(0, rows)
+        shape = table.shape
+        row_lse = page_lse.index_select(0, table.flatten()).view(*shape, -1).masked_fill(
+            layout.missing.index_select(0, rows), -math.inf)
+        weight = torch.softmax(row_lse, 1).nan_to_num(0.0)                           # (R, pages, M); 0: nothing visible
+        out = (weight.unsqueeze(-1) * page_out.index_select(0, table.flatten()).view(*shape, *page_out.shape[1:])).sum(1)
+        return out, torch.logsumexp(row_lse, 1) if with_lse else None
+
+    # -- accounting -----------------------------------------------------------------------------
+
+    def slots_of(self, seqs: Tensor) -> Tensor:
+        """(B, H) slots held by these sequences."""
+        return self._slots[self.rows_of(seqs)].view(seqs.numel(), self.heads)
+
+    def pages_in_use(self) -> int:
+        return int((self._block_table >= 0).sum()) if self.is_initialized else 0
+
+    def bytes_per_slot(self) -> int:
+        return 2 * self._k_pool.shape[-1] * self._k_pool.element_size()
+
+    def state_bytes(self) -> int:
+        """Bytes of the policy's per-row state (DMC's open runs, DMS's window ring)."""
+        return sum(t.numel() * t.element_size() for t in self._state.values())
+
+    def reserved_bytes(self) -> int:
+        return self._k_pool.shape[0] * self.page_size * self.bytes_per_slot()
+
+
+class DMCLayer(PagedLayer):
+    """DMC's layer: a row's last slot is its open merge group, whose last ``window - 1`` tokens
+    (pre-RoPE keys and values, importances) it keeps to recompute the windowed mean."""
+
+    def _row_state(self, keys: Tensor) -> dict[str, tuple[Tensor, float]]:
+        dim = keys.shape[-1]
+        return {"run_kv": (keys.new_zeros(0, self.window - 1, 2 * dim), 0.0),
+                "run_omega": (keys.new_zeros(0, self.window - 1, dtype=torch.float32), 0.0)}
 
     def open_run(self, seqs: Tensor) -> OpenRun:
         """The open runs of these sequences, (B, H, W-1, 2D) and (B, H, W-1), read only."""
         rows = self.rows_of(seqs)
         b = seqs.numel()
-        return OpenRun(self._run.kv[rows].view(b, self.heads, *self._run.kv.shape[1:]),
-                       self._run.omega[rows].view(b, self.heads, -1))
+        return OpenRun(self._state["run_kv"][rows].view(b, self.heads, *self._state["run_kv"].shape[1:]),
+                       self._state["run_omega"][rows].view(b, self.heads, -1))
 
     @torch.no_grad()
     def write_chunk(self, seqs: Tensor, kv: Tensor, k_rot: Tensor, v_state: Tensor, merges: Tensor,
@@ -256,8 +371,8 @@ class DMCLayer(CacheLayerMixin):
         keep = torch.arange(w + length, device=kv.device) >= last_append              # (B, H, w+L)
         ext_kv = torch.cat([run.kv, kv.to(run.kv.dtype)], 2)
         ext_w = torch.cat([run.omega, omega.float()], 2) * keep
-        self._run.kv[rows] = ext_kv[:, :, -w:].reshape(b * h, w, -1)
-        self._run.omega[rows] = ext_w[:, :, -w:].reshape(b * h, w)
+        self._state["run_kv"][rows] = ext_kv[:, :, -w:].reshape(b * h, w, -1)
+        self._state["run_omega"][rows] = ext_w[:, :, -w:].reshape(b * h, w)
 
     @torch.no_grad()
     def append_token(self, seqs: Tensor, kv: Tensor, k_rot: Tensor, v_state: Tensor, merges: Tensor,
@@ -278,84 +393,9 @@ class DMCLayer(CacheLayerMixin):
         self._slots[rows] = slot + real.long()
         if self.window == 1:
             return
-        run_kv, run_omega = self._run.kv[rows], self._run.omega[rows]
-        self._run.kv[rows] = torch.cat([run_kv[:, 1:], kv.reshape(n, 1, -1).to(run_kv.dtype)], 1)
-        self._run.omega[rows] = torch.cat([run_omega[:, 1:] * merges[:, None], omega.reshape(n, 1).float()], 1)
-
-    # -- attention ------------------------------------------------------------------------------
-
-    def has_slots(self, seqs: Tensor) -> bool:
-        return bool(self._slots[self.rows_of(seqs)].any())
-
-    def _page_layout(self) -> PageLayout:
-        """Where each page sits, rebuilt only after pages were allocated or released."""
-        if self._layout is None:
-            high = self._pages_high
-            slots = self._page_index[:high, None] * self.page_size + torch.arange(self.page_size, device=self.device)
-            self._layout = PageLayout(owner=self._page_row[:high], slots=slots, table=self._block_table.clamp(min=0),
-                                      missing=self._block_table[..., None] < 0)
-        return self._layout
-
-    def attend(self, seqs: Tensor, queries: Tensor, scale: float, hide_last: Tensor | None = None,
-               with_lse: bool = True) -> tuple[Tensor, Tensor | None]:
-        """Attention of each row's queries over its slots, its last one hidden where ``hide_last``.
-
-        queries: (B * H, M, D), M = query heads per KV head x query tokens; hide_last: (B * H,) 0/1
-        (a chunk whose first token merges reopens its row's last slot, which it then replaces).
-        Returns out (B * H, M, D) (0 where nothing is visible) and, if ``with_lse``, the
-        log-sum-exp (B * H, M) (-inf where nothing is visible) for merging with attention over other
-        keys. Without the log-sum-exp (decoding), one call of the native kernel where it applies
-        (``dynacomp.dmc.cache.native``), else ``attend_split_k``.
-        """
-        rows = self.rows_of(seqs)
-        visible = self._slots[rows] if hide_last is None else self._slots[rows] - hide_last
-        if not with_lse and native.supports(self._k_pool):
-            return native.paged_decode_attention(queries, self._k_pool, self._v_pool, self._block_table[rows],
-                                                 visible, scale), None
-        return self.attend_split_k(rows, queries, visible, scale, with_lse)
-
-    def attend_split_k(self, rows: Tensor, queries: Tensor, visible: Tensor, scale: float,
-                       with_lse: bool = True) -> tuple[Tensor, Tensor | None]:
-        """``attend`` of ``rows`` in PyTorch ops, split-K over pages as flash-decoding does: every
-        page below the high-water mark yields its own partial softmax (output and log-sum-exp), with
-        K and V read in place; each row then weighs the partials of its pages, found through its
-        block table, by their softmax.
-        """
-        layout = self._page_layout()
-        high, n = self._pages_high, rows.numel()
-        # Batch position of every row; pages of other rows (and free ones, owner -1) map to n, which sees nothing.
-        position = torch.full((self.rows + 1,), n, dtype=torch.long, device=self.device)
-        position[rows] = torch.arange(n, device=self.device)
-        owner = position[layout.owner]
-        valid = layout.slots < torch.cat([visible, visible.new_zeros(1)])[owner][:, None]      # (N, P)
-        # index_select, not advanced indexing: the same gathers, several times faster on CPU.
-        page_out, page_lse = page_attention(queries.index_select(0, owner.clamp(max=n - 1)),
-                                            self._k_pool[:high], self._v_pool[:high], valid, scale)
-        table = layout.table.index_select(0, rows)
-        shape = table.shape
-        row_lse = page_lse.index_select(0, table.flatten()).view(*shape, -1).masked_fill(
-            layout.missing.index_select(0, rows), -math.inf)
-        weight = torch.softmax(row_lse, 1).nan_to_num(0.0)                           # (R, pages, M); 0: nothing visible
-        out = (weight.unsqueeze(-1) * page_out.index_select(0, table.flatten()).view(*shape, *page_out.shape[1:])).sum(1)
-        return out, torch.logsumexp(row_lse, 1) if with_lse else None
-
-    # -- accounting -----------------------------------------------------------------------------
-
-    def slots_of(self, seqs: Tensor) -> Tensor:
-        """(B, H) slots held by these sequences."""
-        return self._slots[self.rows_of(seqs)].view(seqs.numel(), self.heads)
-
-    def pages_in_use(self) -> int:
-        return int((self._block_table >= 0).sum()) if self.is_initialized else 0
-
-    def bytes_per_slot(self) -> int:
-        return 2 * self._k_pool.shape[-1] * self._k_pool.element_size()
-
-    def open_run_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self._run.kv, self._run.omega))
-
-    def reserved_bytes(self) -> int:
-        return self._k_pool.shape[0] * self.page_size * self.bytes_per_slot()
+        run_kv, run_omega = self._state["run_kv"][rows], self._state["run_omega"][rows]
+        self._state["run_kv"][rows] = torch.cat([run_kv[:, 1:], kv.reshape(n, 1, -1).to(run_kv.dtype)], 1)
+        self._state["run_omega"][rows] = torch.cat([run_omega[:, 1:] * merges[:, None], omega.reshape(n, 1).float()], 1)
 
 
 class DMCCache(Cache):
@@ -367,8 +407,9 @@ class DMCCache(Cache):
     ``position_ids`` and the ``seqs`` each batch row belongs to.
     """
 
-    def __init__(self, num_layers: int, page_size: int = DMCConfig.page_size, window: int = DMCConfig.window):
-        super().__init__(layers=[DMCLayer(page_size, window) for _ in range(num_layers)])
+    def __init__(self, num_layers: int, page_size: int = DMCConfig.page_size, window: int = DMCConfig.window,
+                 layer_class: type[PagedLayer] = DMCLayer):
+        super().__init__(layers=[layer_class(page_size, window) for _ in range(num_layers)])
         self.seen = 0                                        # token positions fed, padding included
         self.tokens = torch.zeros(0, dtype=torch.long)       # (S,) real tokens stored per sequence id
         self.finished = torch.zeros(0, dtype=torch.bool)     # (S,) freed: later tokens are not stored
@@ -377,7 +418,12 @@ class DMCCache(Cache):
 
     @classmethod
     def for_model(cls, model) -> DMCCache:
+        """The cache of a converted model's policy: DMC's merging layers, or DMS's evicting ones."""
+        from dynacomp.dmc.cache.dms import DMSLayer
+
         config = model.dmc_config
+        if config.policy == "dms":
+            return cls(model.config.num_hidden_layers, config.page_size, config.eviction_window, DMSLayer)
         return cls(model.config.num_hidden_layers, config.page_size, config.window)
 
     # -- sequences ------------------------------------------------------------------------------
@@ -436,7 +482,7 @@ class DMCCache(Cache):
         self.seen += chunk.real.shape[1]
         self.tokens[chunk.seqs.cpu()] += chunk.real.sum(1).cpu()
 
-    def layer(self, index: int, keys: Tensor) -> DMCLayer:
+    def layer(self, index: int, keys: Tensor) -> PagedLayer:
         """Layer ``index`` ready to store the current chunk's keys (B, H, L, D)."""
         layer = self.layers[index]
         if not layer.is_initialized:
@@ -496,10 +542,10 @@ class DMCCache(Cache):
         slot_bytes = layers[0].bytes_per_slot()
         return CacheStats(
             tokens=tokens, slots=total_slots,
-            bytes=total_slots * slot_bytes + sum(layer.open_run_bytes() for layer in layers),
+            bytes=total_slots * slot_bytes + sum(layer.state_bytes() for layer in layers),
             dense_bytes=tokens * len(layers) * heads * slot_bytes,
             compression_ratio=tokens * len(layers) * heads / max(total_slots, 1),
             allocated_bytes=self.bytes_in_use(),
-            reserved_bytes=sum(layer.reserved_bytes() + layer.open_run_bytes() for layer in layers),
+            reserved_bytes=sum(layer.reserved_bytes() + layer.state_bytes() for layer in layers),
             pages=sum(layer.pages_in_use() for layer in layers),
             per_layer_head=(tokens / slots.sum(1).clamp_min(1).double()).tolist())

@@ -81,7 +81,7 @@ def load_for_eval(config: MethodConfig):
     dtype = DTYPES[config.dtype]
     if not is_dmc_checkpoint(config.model):
         model, tokenizer = load_causal_lm(config.model, dtype=dtype)
-    elif POLICIES[config.method].kind == "dmc":
+    elif POLICIES[config.method].kind == "learned":
         model, tokenizer = load(config.model, dtype=dtype)
     else:
         model, tokenizer, _ = load_base(config.model, dtype=dtype)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from dynacomp.dmc.cache.paged import OpenRun
+from dynacomp.dmc.cache.paged import OpenRun, merge_attention
 from dynacomp.dmc.config import DMCConfig
 from dynacomp.dmc.modeling import channels, decisions
 
@@ -39,42 +39,51 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos.unsqueeze(1) + rotate_half(x) * sin.unsqueeze(1)
 
 
-def _block_bias(key_bias: Tensor, start: int, end: int) -> Tensor:
-    """(B, H, 1, C, end): key i's bias for queries start..end-1 after it, 0 on the diagonal, -inf after."""
-    q_pos = torch.arange(start, end, device=key_bias.device)[:, None]
-    k_pos = torch.arange(end, device=key_bias.device)[None, :]
+def _block_bias(key_bias: Tensor, start: int, end: int, delay: int = 1, hidden: Tensor | None = None) -> Tensor:
+    """(B, H, 1, C, end): key i's bias for queries start..end-1 at least ``delay`` after it, 0 for the
+    nearer ones (the diagonal included), -inf for the future; ``hidden`` (B, H, L) keys get -inf
+    off the diagonal."""
+    distance = torch.arange(start, end, device=key_bias.device)[:, None] - torch.arange(end, device=key_bias.device)
     bias = key_bias[:, :, None, None, :end]
-    return torch.where(k_pos < q_pos, bias, torch.where(k_pos == q_pos, 0.0, -math.inf))
+    bias = torch.where(distance >= delay, bias, torch.where(distance >= 0, 0.0, -math.inf))
+    if hidden is not None:
+        bias = bias.masked_fill(hidden[:, :, None, None, :end] & (distance != 0), -math.inf)
+    return bias
 
 
-def _block_attention(q: Tensor, k: Tensor, v: Tensor, key_bias: Tensor, start: int, scale: float):
+def _block_attention(q: Tensor, k: Tensor, v: Tensor, key_bias: Tensor, start: int, scale: float, delay: int = 1,
+                     hidden: Tensor | None = None):
     """Queries start..start+C of a chunk against keys 0..start+C-1. q: (B, H, G, C, D)."""
     end = start + q.shape[-2]
     scores = torch.einsum("bhgqd,bhkd->bhgqk", q, k[:, :, :end]).float() * scale  # softmax in fp32
-    scores = scores + _block_bias(key_bias, start, end)
+    scores = scores + _block_bias(key_bias, start, end, delay, hidden)
     lse = torch.logsumexp(scores, dim=-1)
     probs = torch.exp(scores - lse.unsqueeze(-1)).to(v.dtype)
     out = torch.einsum("bhgqk,bhkd->bhgqd", probs, v[:, :, :end]).float()
     return out, lse
 
 
-def _block_attention_fused(q: Tensor, k: Tensor, v: Tensor, key_bias: Tensor, start: int, scale: float):
+def _block_attention_fused(q: Tensor, k: Tensor, v: Tensor, key_bias: Tensor, start: int, scale: float,
+                           delay: int = 1, hidden: Tensor | None = None):
     """The same in PyTorch's fused CPU flash kernel (no gradient), which also gives the
     log-sum-exp: the G query heads of a KV head become one query sequence of G x C rows."""
     b, h, g, c, d = q.shape
     end = start + c
-    mask = _block_bias(key_bias, start, end).expand(b, h, g, c, end).reshape(b * h, 1, g * c, end)
+    mask = _block_bias(key_bias, start, end, delay, hidden).expand(b, h, g, c, end).reshape(b * h, 1, g * c, end)
     out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
         q.reshape(b * h, 1, g * c, d), k[:, :, :end].reshape(b * h, 1, end, d),
         v[:, :, :end].reshape(b * h, 1, end, d), attn_mask=mask.to(q.dtype), scale=scale)[:2]
     return out.view(b, h, g, c, d).float(), lse.view(b, h, g, c).float()
 
 
-def masked_attention(q: Tensor, k: Tensor, v: Tensor, key_bias: Tensor | None, scale: float, chunk: int):
-    """DMC causal attention within a chunk, block by block over queries.
+def masked_attention(q: Tensor, k: Tensor, v: Tensor, key_bias: Tensor | None, scale: float, chunk: int,
+                     delay: int = 1, hidden: Tensor | None = None):
+    """Causal attention within a chunk with a per-key bias, block by block over queries.
 
-    q: (B, H, G, L, D); k, v: (B, H, L, D); key_bias: (B, H, L), added to key i for queries
-    after i (the diagonal gets 0, the future -inf). Returns out (B, H, G, L, D), lse (B, H, G, L).
+    q: (B, H, G, L, D); k, v: (B, H, L, D); key_bias: (B, H, L), added to key i for queries at
+    least ``delay`` after i (DMC: 1, every later query; DMS: its window), 0 for the nearer ones,
+    -inf for the future; ``hidden`` (B, H, L): keys no other query sees (DMS's padding). Returns
+    out (B, H, G, L, D), lse (B, H, G, L).
     Memory is O(chunk x L) per block; with gradients each block is recomputed in backward
     (activation checkpointing), so no L x L tensor is ever held.
     """
@@ -86,27 +95,22 @@ def masked_attention(q: Tensor, k: Tensor, v: Tensor, key_bias: Tensor | None, s
     for start in range(0, length, chunk):
         block = q[..., start:start + chunk, :]
         if fused:
-            out, lse = _block_attention_fused(block, k, v, key_bias, start, scale)
+            out, lse = _block_attention_fused(block, k, v, key_bias, start, scale, delay, hidden)
         elif torch.is_grad_enabled() and length > chunk:
-            out, lse = checkpoint(_block_attention, block, k, v, key_bias, start, scale, use_reentrant=False)
+            out, lse = checkpoint(_block_attention, block, k, v, key_bias, start, scale, delay, hidden,
+                                  use_reentrant=False)
         else:
-            out, lse = _block_attention(block, k, v, key_bias, start, scale)
+            out, lse = _block_attention(block, k, v, key_bias, start, scale, delay, hidden)
         outs.append(out)
         lses.append(lse)
     return torch.cat(outs, dim=-2), torch.cat(lses, dim=-1)
 
 
-def merge_attention(out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor) -> tuple[Tensor, Tensor]:
-    """Combine two softmax attentions over disjoint key sets from their outputs and log-sum-exps."""
-    lse = torch.logaddexp(lse_a, lse_b)
-    weight_a = torch.exp(lse_a - lse).nan_to_num(0.0).unsqueeze(-1)
-    weight_b = torch.exp(lse_b - lse).nan_to_num(0.0).unsqueeze(-1)
-    return out_a * weight_a + out_b * weight_b, lse
-
-
-class DMCAttention(nn.Module):
+class LearnedCacheAttention(nn.Module):
     """Drop-in replacement of a Llama-shaped attention (q/k/v/o projections, optional q/k norms),
-    reusing its weights, with DMC's append-or-merge key-value memory."""
+    reusing its weights, whose KV heads decide token by token what the cache keeps (a policy's
+    subclass: DMC merges, DMS evicts). ``last_alpha`` (B, H, L): the decisions of the last call,
+    for losses and stats."""
 
     def __init__(self, attention: nn.Module, config: DMCConfig, num_heads: int, num_kv_heads: int):
         super().__init__()
@@ -129,6 +133,29 @@ class DMCAttention(nn.Module):
             x = norm(x)
         return x.transpose(1, 2)
 
+    def _positions(self, cache, attention_mask: Tensor | None, k: Tensor):
+        """(layer, real (B, L), token_index (B, L), seqs (B,)): from the cache's current chunk, or
+        from the padding mask when there is no cache (layer and seqs None)."""
+        if cache is None:
+            real = self._real_tokens(attention_mask, k.shape[0], k.shape[2], k.device)
+            return None, real, real.long().cumsum(1) - 1, None
+        chunk = cache.chunk
+        return cache.layer(self.layer_idx, k), chunk.real, chunk.token_index, chunk.seqs
+
+    @staticmethod
+    def _real_tokens(attention_mask: Tensor | None, b: int, length: int, device) -> Tensor:
+        """(B, L) True for real tokens of this chunk; the mask is the 2D padding mask (see convert.py)."""
+        if attention_mask is None:
+            return torch.ones(b, length, dtype=torch.bool, device=device)
+        if attention_mask.dim() != 2:
+            raise ValueError("DMC attention expects the 2D padding mask; was the model converted with "
+                             "dynacomp.dmc.convert?")
+        return attention_mask[:, -length:].bool()
+
+
+class DMCAttention(LearnedCacheAttention):
+    """DMC's append-or-merge key-value memory."""
+
     def forward(self, hidden_states: Tensor, position_embeddings: tuple[Tensor, Tensor],
                 attention_mask: Tensor | None = None, cache=None, past_key_values=None, **kwargs):
         cache = cache if cache is not None else past_key_values      # a DMCCache (checked by the model)
@@ -138,13 +165,7 @@ class DMCAttention(nn.Module):
         k = self._project(hidden_states, self.k_proj, self.k_norm)           # (B, H, L, D)
         v = self._project(hidden_states, self.v_proj, None)
 
-        if cache is None:
-            layer = None
-            real = self._real_tokens(attention_mask, b, length, hidden_states.device)      # (B, L) bool
-            token_index = real.long().cumsum(1) - 1
-        else:
-            layer, chunk = cache.layer(self.layer_idx, k), cache.chunk
-            real, token_index, seqs = chunk.real, chunk.token_index, chunk.seqs
+        layer, real, token_index, seqs = self._positions(cache, attention_mask, k)
 
         alpha, key_bias = self._decide(k, token_index, real)
         omega = channels.importance(q, h, self.dmc.decision_bias) * real[:, None, :]
@@ -175,16 +196,6 @@ class DMCAttention(nn.Module):
         self.last_alpha = alpha
         out = out.reshape(b, self.num_heads, length, self.head_dim).transpose(1, 2).reshape(b, length, -1)
         return self.o_proj(out.to(hidden_states.dtype)), None
-
-    @staticmethod
-    def _real_tokens(attention_mask: Tensor | None, b: int, length: int, device) -> Tensor:
-        """(B, L) True for real tokens of this chunk; the mask is the 2D padding mask (see model.py)."""
-        if attention_mask is None:
-            return torch.ones(b, length, dtype=torch.bool, device=device)
-        if attention_mask.dim() != 2:
-            raise ValueError("DMC attention expects the 2D padding mask; was the model converted with "
-                             "dynacomp.dmc.convert?")
-        return attention_mask[:, -length:].bool()
 
     def _decide(self, k: Tensor, token_index: Tensor, real: Tensor) -> tuple[Tensor, Tensor | None]:
         """alpha (B, H, L) and the key bias log(1 - alpha_{i+1}) (B, H, L; None for one token).

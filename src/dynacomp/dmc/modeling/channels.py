@@ -11,6 +11,10 @@ q_p k_p: the head loses the least positional information of any channel choice. 
 converted model whose two channels were zeroed compute exactly what the unconverted zeroed model
 computes.
 
+DMS (``policy="dms"``) reads one eviction logit per KV head from the last channel of the *first*
+query head of its group, as the public DMS code does, and zeroes only that channel: the other heads
+keep all their channels, so the model loses less than under DMC.
+
 Shapes: B batch, H KV heads, G query heads per KV head, L tokens, D head dim.
 """
 
@@ -46,6 +50,26 @@ def without_decision_channel(x: Tensor) -> Tensor:
     return torch.cat([x[..., :-1], torch.zeros_like(x[..., -1:])], dim=-1)
 
 
+def eviction_logits(queries: Tensor, kv_heads: int, bias: float) -> Tensor:
+    """DMS's logits q_t[first head of the group, -1] - bias from pre-RoPE queries (B, H*G, L, D) -> (B, H, L)."""
+    b, hq, length, d = queries.shape
+    return queries.view(b, kv_heads, hq // kv_heads, length, d)[:, :, 0, :, -1] - bias
+
+
+def without_eviction_channel(queries: Tensor, kv_heads: int) -> Tensor:
+    """Queries (B, H*G, L, D) with the channel DMS reads set to zero (out of place)."""
+    b, hq, length, d = queries.shape
+    grouped = queries.view(b, kv_heads, hq // kv_heads, length, d)
+    first = without_decision_channel(grouped[:, :, :1])
+    return torch.cat([first, grouped[:, :, 1:]], dim=2).view_as(queries)
+
+
+def eviction_rows(config) -> list[int]:
+    """The q projection's output rows DMS reads: the last channel of the first query head of each group."""
+    d, group = head_dim(config), config.num_attention_heads // config.num_key_value_heads
+    return [kv * group * d + d - 1 for kv in range(config.num_key_value_heads)]
+
+
 def scale_decision_channel(heads_output: Tensor, dim: int, scale: float) -> Tensor:
     """What produces pre-RoPE q / k, (B, L, heads * D) or (B, L, heads, D), with the last channel
     of every head times ``scale`` (the retrofit's forward hook)."""
@@ -70,6 +94,16 @@ def _weights(modules: tuple[nn.Module | None, ...], dim: int):
 
 
 @torch.no_grad()
+def scale_eviction_rows(model: nn.Module, scale: float) -> None:
+    """Multiply the q projection rows (and biases) DMS reads by ``scale`` in every layer."""
+    rows = eviction_rows(model.config)
+    for layer in model.model.layers:
+        for weight in (layer.self_attn.q_proj.weight, layer.self_attn.q_proj.bias):
+            if weight is not None:
+                weight[rows] *= scale
+
+
+@torch.no_grad()
 def scale_weights(model: nn.Module, scale: float) -> None:
     """Multiply what produces the repurposed channels (``source_modules``) by ``scale`` in every
     layer: the rows of the q/k projections, or the last weight of a per-head norm."""
@@ -80,13 +114,43 @@ def scale_weights(model: nn.Module, scale: float) -> None:
 
 
 @torch.no_grad()
-def zero(model: nn.Module) -> None:
+def zero(model: nn.Module, policy: str = "dmc") -> None:
     """Zero the repurposed channels, projection rows and per-head norm weights alike (the end of the
     official zero-out stage), so decisions start at alpha = sigmoid(-bias) and the model computes
-    what it did with those channels zeroed."""
+    what it did with those channels zeroed. DMS: only the q projection rows it reads."""
+    if policy == "dms":
+        scale_eviction_rows(model, 0.0)
+        return
     d = head_dim(model.config)
     for layer in model.model.layers:
         attn = layer.self_attn
         modules = (attn.q_proj, attn.k_proj, getattr(attn, "q_norm", None), getattr(attn, "k_norm", None))
         for weight, index in _weights(modules, d):
             weight[index] = 0
+
+
+def fold_scale(model: nn.Module, scale: float, policy: str = "dmc") -> None:
+    """Multiply the weights behind the policy's decision channels by ``scale`` (what
+    ``add_scaling_hooks`` does to their outputs while training)."""
+    (scale_eviction_rows if policy == "dms" else scale_weights)(model, scale)
+
+
+def add_scaling_hooks(model: nn.Module, policy: str, scale_of) -> None:
+    """Forward hooks multiplying the policy's decision channels by ``scale_of()`` as they are
+    computed: a larger learning rate for those rows alone, folded into the weights at the end
+    (``fold_scale``)."""
+    d = head_dim(model.config)
+    if policy == "dms":
+        rows = eviction_rows(model.config)
+
+        def scale_rows(module, inputs, output: Tensor) -> Tensor:
+            factor = torch.ones(output.shape[-1], dtype=output.dtype, device=output.device)
+            factor[rows] = scale_of()
+            return output * factor
+
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.register_forward_hook(scale_rows)
+        return
+    for layer in model.model.layers:
+        for module in source_modules(layer.self_attn):
+            module.register_forward_hook(lambda module, inputs, output: scale_decision_channel(output, d, scale_of()))

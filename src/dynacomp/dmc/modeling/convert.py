@@ -1,6 +1,7 @@
 """Turning a Hugging Face causal LM into a DMC model, and saving / loading DMC checkpoints.
 
-``convert`` swaps every attention module for a ``DMCAttention`` that reuses its weights, and
+``convert`` swaps every attention module for the policy's attention (``DMCAttention`` or
+``DMSAttention``) reusing its weights, and
 changes the model's class to a DMC subclass of its own class whose ``forward`` and
 ``generate`` use a ``DMCCache``. Transformers is told to hand attention the plain 2D padding
 mask (the mask function registered below), because DMC builds its own masks.
@@ -25,10 +26,12 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from dynacomp.dmc.cache import DMCCache
 from dynacomp.dmc.config import DMCConfig
-from dynacomp.dmc.modeling.attention import DMCAttention
+from dynacomp.dmc.modeling.attention import DMCAttention, LearnedCacheAttention
+from dynacomp.dmc.modeling.dms_attention import DMSAttention
 from dynacomp.io import atomic_path
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+ATTENTIONS = {"dmc": DMCAttention, "dms": DMSAttention}
 DMC_MODEL_TYPE = "dynacomp_dmc"
 ATTN_IMPLEMENTATION = "dynacomp_dmc"
 
@@ -105,8 +108,8 @@ class DMCModelMixin:
                 kwargs["stopping_criteria"] = criteria
         return super().generate(*args, **kwargs)
 
-    def dmc_attentions(self) -> list[DMCAttention]:
-        return [m for m in self.modules() if isinstance(m, DMCAttention)]
+    def dmc_attentions(self) -> list[LearnedCacheAttention]:
+        return [m for m in self.modules() if isinstance(m, LearnedCacheAttention)]
 
 
 class _ReleaseFinished(StoppingCriteria):
@@ -153,6 +156,9 @@ def convert(model: PreTrainedModel, config: DMCConfig | None = None) -> PreTrain
     """Make ``model`` (in place) a DMC model; returns it. No parameters are added."""
     config = config or DMCConfig()
     if isinstance(model, DMCModelMixin):
+        if config.policy != model.dmc_config.policy:
+            raise ValueError(f"this model was converted for {model.dmc_config.policy}; convert the base model for "
+                             f"{config.policy}")
         model.dmc_config = config
         for attention in model.dmc_attentions():
             attention.dmc = config
@@ -161,7 +167,7 @@ def convert(model: PreTrainedModel, config: DMCConfig | None = None) -> PreTrain
     _register_attention()
     heads, kv_heads = model.config.num_attention_heads, model.config.num_key_value_heads
     for layer in model.model.layers:
-        layer.self_attn = DMCAttention(layer.self_attn, config, heads, kv_heads).train(model.training)
+        layer.self_attn = ATTENTIONS[config.policy](layer.self_attn, config, heads, kv_heads).train(model.training)
     model.__class__ = _dmc_class(type(model))
     model.dmc_config = config
     model.config._attn_implementation = ATTN_IMPLEMENTATION

@@ -25,7 +25,7 @@ from dynacomp.dmc.modeling.convert import DMCModelMixin, convert
 from dynacomp.dmc.policies.eviction import H2O, TOVA, BudgetCache, StreamingLLM, use_budget_attention
 from dynacomp.dmc.policies.quantized import QuantizedKVCache
 
-Kind = Literal["dense", "dmc", "eviction", "quantised"]
+Kind = Literal["dense", "learned", "eviction", "quantised"]   # learned: runs on a converted (DMC / DMS) model
 
 
 @dataclass
@@ -80,12 +80,17 @@ def _dense(model, cr: float, options: PolicyOptions) -> Iterator[Setup]:
     yield Setup(model, lambda: DenseCache(config=model.config))
 
 
-@contextlib.contextmanager
-def _dmc(model, cr: float, options: PolicyOptions) -> Iterator[Setup]:
-    if not isinstance(model, DMCModelMixin) or model.dmc_config.force_cr is not None:
-        raise ValueError("policy 'dmc' needs a DMC checkpoint with learned decisions "
-                         "(retrofit one with `dynacomp dmc retrofit`); use 'dmc_forced' for the fixed pattern")
-    yield Setup(model, model.new_cache)
+def _learned(name: str):
+    """A retrofitted checkpoint's own decisions (DMC merges or DMS evictions)."""
+    @contextlib.contextmanager
+    def setup(model, cr: float, options: PolicyOptions) -> Iterator[Setup]:
+        if (not isinstance(model, DMCModelMixin) or model.dmc_config.policy != name
+                or model.dmc_config.force_cr is not None):
+            raise ValueError(f"policy {name!r} needs a checkpoint retrofitted with learned {name} decisions "
+                             f"(`dynacomp dmc retrofit --policy {name}`)" + (
+                                 "; use 'dmc_forced' for the fixed pattern" if name == "dmc" else ""))
+        yield Setup(model, model.new_cache)
+    return setup
 
 
 @contextlib.contextmanager
@@ -124,9 +129,11 @@ def _quantised(name: str, bits: int):
 
 POLICIES: dict[str, Policy] = {p.name: p for p in (
     Policy("vanilla", "vanilla", "dense", "the model's own dense cache", _dense, exact_prefill=True, uses_cr=False),
-    Policy("dmc", "DMC (trained)", "dmc", "a retrofitted checkpoint's learned merges", _dmc,
+    Policy("dmc", "DMC (trained)", "learned", "a retrofitted checkpoint's learned merges", _learned("dmc"),
            exact_prefill=True, uses_cr=False),
-    Policy("dmc_forced", "DMC (force_cr, untrained)", "dmc", "DMC merging in a fixed pattern at CR", _dmc_forced,
+    Policy("dms", "DMS (trained)", "learned", "a retrofitted checkpoint's learned delayed evictions", _learned("dms"),
+           exact_prefill=True, uses_cr=False),
+    Policy("dmc_forced", "DMC (force_cr, untrained)", "learned", "DMC merging in a fixed pattern at CR", _dmc_forced,
            exact_prefill=True),
     Policy("streaming_llm", "StreamingLLM", "eviction", "attention sinks plus the newest tokens",
            _eviction("streaming_llm", lambda o: StreamingLLM(o.sinks))),

@@ -23,6 +23,8 @@ def _default_of(config_cls: type, name: str, help: str | None = None):
 @dataclass
 class RetrofitConfig:
     model: str = field(DEFAULT_MODEL, help="embedded model name, local transformers folder or Hugging Face id")
+    policy: Literal["dmc", "dms"] = _default_of(DMCConfig, "policy")
+    eviction_window: int = _default_of(DMCConfig, "eviction_window")
     data: str = field("english", help="corpus name (dynacomp data) or a text file (split 90/5/5 %% by position); "
                                       "trains on its train split, reports on its test split")
     target_cr: float = field(2.0, help="target compression ratio (tokens per KV slot)")
@@ -89,11 +91,15 @@ class RetrofitConfig:
                              f"{self.batch_size * self.seq_len} tokens must split into whole sequences of it")
 
     def dmc_config(self) -> DMCConfig:
-        return DMCConfig(decision_bias=self.decision_bias, temperature=self.temperature, window=self.window)
+        return DMCConfig(policy=self.policy, eviction_window=self.eviction_window, decision_bias=self.decision_bias,
+                         temperature=self.temperature, window=self.window)
 
     def stage_steps(self, stage: str) -> int:
-        """Steps of ``stage``; an --init checkpoint has been through stage 1 already."""
-        return 0 if stage == "zero_out" and self.init else getattr(self, f"{stage}_steps")
+        """Steps of ``stage``; an --init checkpoint has been through stage 1 already, and DMS needs no
+        ramp: the one channel it reads is zeroed when the retrofit stage starts."""
+        if stage == "zero_out" and (self.init or self.policy == "dms"):
+            return 0
+        return getattr(self, f"{stage}_steps")
 
     def sequence_shape(self, stage: str, step: int) -> tuple[int, int]:
         """(sequences, tokens each) of one optimizer step."""

@@ -88,14 +88,14 @@ def _stage_model(config: RetrofitConfig, stage: str, previous: Path | None) -> n
     if config.init:
         model = load_base(config.init)[0]
         # Its decision channels hold the folded scale; training applies the scale again.
-        channels.scale_weights(model, 1 / config.decision_scale)
+        channels.fold_scale(model, 1 / config.decision_scale, config.policy)
     else:
         model = load_model(config.model)
     if previous is not None:
         load_weights(model, previous)
     if stage != "zero_out":
         if stage == "retrofit" and not config.init:
-            channels.zero(model)
+            channels.zero(model, config.policy)
         convert(model, config.dmc_config())
     return model.train()
 
@@ -223,7 +223,7 @@ def retrofit(config: RetrofitConfig, out_dir: str | Path, command: str | None = 
         return None
 
     model = _stage_model(config, "finetune", previous).eval()
-    channels.scale_weights(model, config.decision_scale)
+    channels.fold_scale(model, config.decision_scale, config.policy)
     base = load_model(config.model)
     test = tokenize(tokenizer, load_text(config.data, "test"), config.eval_tokens)
     context = config.eval_context or config.seq_len

@@ -41,11 +41,7 @@ class RetrofitTask:
         self.target_cr = config.target_at(stage, 0)
         self.tokens_per_step = config.batch_size * config.seq_len
         self.channel_scale = 1.0 if stage == "zero_out" else config.decision_scale
-        dim = channels.head_dim(model.config)
-        for layer in model.model.layers:
-            for module in channels.source_modules(layer.self_attn):
-                module.register_forward_hook(
-                    lambda module, inputs, output: channels.scale_decision_channel(output, dim, self.channel_scale))
+        channels.add_scaling_hooks(model, config.policy, lambda: self.channel_scale)
 
     def param_groups(self, model: nn.Module) -> list[dict]:
         """The trained subset (``train_params``); weight decay on matrices only."""

@@ -1,0 +1,87 @@
+"""DMS attention: learned delayed eviction (Łańcucki, Staniszewski, Nawrot, Ponti 2025, arXiv 2506.05345).
+
+Shapes: B batch, H KV heads, G query heads per KV head, L tokens of this call, D head dim, W the
+eviction window.
+
+Every KV head decides, for each token j, whether to evict it, from the eviction logit that the
+*next* token j+1 reads off its queries (``channels.eviction_logits``). An evicted token stays
+visible while it is among the last W tokens of the sequence and disappears after; a kept one
+stays forever. Training relaxes the decision with a Gumbel-sigmoid: key j gets log(1 - alpha_j)
+added to its score for every query at least W after it, nothing for nearer ones. Inference uses
+hard decisions (logit > threshold), so a forward over a chunk is exact and equals decoding one
+token at a time; the cache (``dynacomp.dmc.cache.dms``) frees an evicted token's slot when it
+leaves the window.
+
+The decision of a chunk's last real token is read from the next chunk's first real token
+(``decided``); real tokens of a row are assumed contiguous (left or right padding only).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dynacomp.dmc.cache.paged import merge_attention
+from dynacomp.dmc.modeling import channels, decisions
+from dynacomp.dmc.modeling.attention import LearnedCacheAttention, apply_rope, masked_attention
+
+
+class DMSAttention(LearnedCacheAttention):
+    """DMS's evict-after-a-window key-value memory."""
+
+    def forward(self, hidden_states: Tensor, position_embeddings: tuple[Tensor, Tensor],
+                attention_mask: Tensor | None = None, cache=None, past_key_values=None, **kwargs):
+        cache = cache if cache is not None else past_key_values      # a DMCCache of DMS layers (checked by the model)
+        b, length, _ = hidden_states.shape
+        h, g, d, w = self.num_kv_heads, self.num_heads // self.num_kv_heads, self.head_dim, self.dmc.eviction_window
+        q = self._project(hidden_states, self.q_proj, self.q_norm)           # (B, H*G, L, D)
+        k = self._project(hidden_states, self.k_proj, self.k_norm)           # (B, H, L, D)
+        v = self._project(hidden_states, self.v_proj, None)
+        layer, real, _, seqs = self._positions(cache, attention_mask, k)
+
+        logits = channels.eviction_logits(q, h, self.dmc.decision_bias).float()       # (B, H, L): decides the token before
+        alpha, key_bias = self._decide(logits, real)
+        cos, sin = position_embeddings
+        k_rot = apply_rope(k, cos, sin)
+        q_rot = apply_rope(channels.without_eviction_channel(q, h), cos, sin).view(b, h, g, length, d)
+        hidden = ~real[:, None, :].expand(b, h, length)
+
+        if layer is None:
+            out, _ = masked_attention(q_rot, k_rot, v, key_bias, self.scaling, self.dmc.query_chunk, w, hidden)
+        else:
+            first = real.float().argmax(1)                                               # the first real token
+            decided = logits.gather(2, first.view(b, 1, 1).expand(b, h, 1))[..., 0] > self.dmc.decision_threshold
+            if length == 1:
+                layer.append_token(seqs, k_rot, v, decided, real)
+                out, _ = layer.attend(seqs, q_rot.reshape(b * h, g, d), self.scaling, with_lse=False)
+            else:
+                out, lse = masked_attention(q_rot, k_rot, v, key_bias, self.scaling, self.dmc.query_chunk, w, hidden)
+                if layer.has_slots(seqs):
+                    rank = real.long().cumsum(1) - 1
+                    past_out, past_lse = layer.attend_past(seqs, q_rot.reshape(b * h, g * length, d), rank, decided,
+                                                           real, self.scaling)
+                    out, lse = merge_attention(out, lse, past_out.view_as(out), past_lse.view_as(lse))
+                layer.write_chunk(seqs, k_rot, v, alpha.detach() > 0.5, decided, real)
+        self.last_alpha = alpha
+        out = out.reshape(b, self.num_heads, length, d).transpose(1, 2).reshape(b, length, -1)
+        return self.o_proj(out.to(hidden_states.dtype)), None
+
+    def _decide(self, logits: Tensor, real: Tensor) -> tuple[Tensor, Tensor]:
+        """alpha (B, H, L), token j's eviction decided by token j+1's logit (0 where no real token
+        follows in this chunk), and the key bias log(1 - alpha) for queries a window or more later.
+
+        Training: Gumbel-sigmoid relaxation, the bias from the soft decision, alpha straight-through
+        (the ratio loss counts hard evictions). Otherwise hard decisions: the bias is 0 or -inf.
+        """
+        follows = F.pad(real[:, 1:] & real[:, :-1], (0, 1), value=False)[:, None, :]     # (B, 1, L)
+        z = F.pad(logits[..., 1:], (0, 1), value=-math.inf)
+        if self.training:
+            z = decisions.gumbel_sigmoid_logits(z, self.dmc.temperature)
+            soft = torch.sigmoid(z)
+            alpha = ((soft > 0.5).float() - soft.detach() + soft) * follows
+            return alpha, decisions.log_keep_probability(z).masked_fill(~follows, 0.0)
+        hard = (z > self.dmc.decision_threshold) & follows
+        return hard.float(), torch.zeros_like(z).masked_fill(hard, -math.inf)

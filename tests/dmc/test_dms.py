@@ -1,0 +1,140 @@
+"""DMS: learned delayed eviction against its per-token definition, through the same cache engine."""
+
+import copy
+from dataclasses import replace
+
+import pytest
+import torch
+
+from dynacomp.dmc import DMCConfig, convert, load, save
+from dynacomp.dmc.modeling.attention import apply_rope
+from dynacomp.dmc.modeling.channels import eviction_rows
+
+from .tiny import decode_step_by_step, half_evicting_bias, tiny_model
+
+
+def dms_model(model_type="llama", window=4, seed=0, length=48, **config):
+    model = tiny_model(model_type, seed=seed)
+    ids = torch.randint(0, 97, (2, length), generator=torch.Generator().manual_seed(seed))
+    bias = half_evicting_bias(model, ids)
+    return convert(model, DMCConfig(policy="dms", decision_bias=bias, eviction_window=window, page_size=4,
+                                    **config)), ids
+
+
+def naive_dms_attention(attn, hidden, cos, sin, config: DMCConfig):
+    """DMS by its definition: token j is evicted when token j+1's eviction logit is positive, and an
+    evicted token is seen only by the queries less than a window after it."""
+    b, length, _ = hidden.shape
+    d, hq, hk = attn.head_dim, attn.num_heads, attn.num_kv_heads
+    g, w = hq // hk, config.eviction_window
+    q = attn.q_proj(hidden).view(b, length, hq, d)
+    k = attn.k_proj(hidden).view(b, length, hk, d)
+    v = attn.v_proj(hidden).view(b, length, hk, d)
+    out = torch.zeros(b, length, hq, d)
+
+    def rope(x, bi, t):
+        return apply_rope(x[None, None, None], cos[bi, t][None, None], sin[bi, t][None, None])[0, 0, 0]
+
+    for bi in range(b):
+        for j in range(hk):
+            evicted = [t + 1 < length and bool(q[bi, t + 1, j * g, -1] - config.decision_bias > 0)
+                       for t in range(length)]
+            keys = torch.stack([rope(k[bi, t, j], bi, t) for t in range(length)])
+            for t in range(length):
+                seen = [s for s in range(t + 1) if not evicted[s] or t - s < w]
+                for h in range(j * g, (j + 1) * g):
+                    query = q[bi, t, h].clone()
+                    if h == j * g:
+                        query[-1] = 0
+                    weights = torch.softmax(keys[seen] @ rope(query, bi, t) * attn.scaling, dim=0)
+                    out[bi, t, h] = weights @ v[bi, seen, j]
+    return attn.o_proj(out.reshape(b, length, -1)), evicted
+
+
+def test_dms_attention_matches_its_definition():
+    model, ids = dms_model(window=3, length=24)
+    hidden = model.model.embed_tokens(ids).detach()
+    attn = model.model.layers[0].self_attn
+    bias = float(attn.q_proj(hidden)[..., eviction_rows(model.config)].median().detach())
+    convert(model, replace(model.dmc_config, decision_bias=bias))
+    cos, sin = model.model.rotary_emb(hidden, torch.arange(24)[None].expand(2, -1))
+    with torch.no_grad():
+        ours, _ = attn(hidden, (cos, sin))
+        expected, _ = naive_dms_attention(attn, hidden, cos, sin, model.dmc_config)
+    assert 0.2 < attn.last_alpha.mean() < 0.8
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("window", [1, 3, 8])
+def test_teacher_forced_equals_prefill_then_decode_and_chunks(model_type, window):
+    model, ids = dms_model(model_type, window)
+    with torch.no_grad():
+        teacher_forced = model(ids, use_cache=False).logits
+        evictions = torch.stack([a.last_alpha for a in model.dmc_attentions()])       # (layers, B, H, L)
+        assert 0.2 < evictions.mean() < 0.8
+        decoded, cache = decode_step_by_step(model, ids, prefix=13)
+        assert (teacher_forced - decoded).abs().max() <= 1e-4
+        chunked_cache = model.new_cache()
+        chunks = [model(ids[:, s:s + 7], cache=chunked_cache).logits for s in range(0, 48, 7)]
+        assert (teacher_forced - torch.cat(chunks, 1)).abs().max() <= 1e-4
+    # Memory: every token but those evicted and already out of the window (the last one is pending).
+    left = evictions[..., :48 - window].sum(-1)                                          # (layers, B, H)
+    for c in (cache, chunked_cache):
+        assert torch.equal(c.slots(), 48 - left)
+        stats = c.stats()
+        assert stats.compression_ratio == pytest.approx(2 * 48 * left[0].numel() / (48 - left).sum().item())
+
+
+def test_evicted_slots_are_reused_and_memory_holds():
+    model, ids = dms_model(window=2)
+    cache = model.new_cache()
+    with torch.no_grad():
+        model(ids[:, :8], cache=cache)
+        for t in range(8, 48):
+            model(ids[:, t:t + 1], cache=cache)
+    layer = cache.layers[0]
+    counts = cache.slots()[0].flatten()
+    assert layer.pages_in_use() == int((counts + 3).div(4, rounding_mode="floor").sum())   # pages of 4 slots
+    assert int(counts.max()) < 48 * 0.9                 # evicted slots were given to newer tokens
+
+
+def test_generate_with_padding_sampling_stop_and_bfloat16(tmp_path):
+    model, ids = dms_model(window=3)
+    short = ids[1, 12:30]
+    batch = ids[:, :30].clone()
+    batch[1, :12] = 0
+    mask = torch.ones_like(batch)
+    mask[1, :12] = 0
+    with torch.no_grad():
+        together = model.generate(batch, attention_mask=mask, max_new_tokens=8, do_sample=False)
+        alone_long = model.generate(ids[:1, :30], max_new_tokens=8, do_sample=False)
+        alone_short = model.generate(short[None], max_new_tokens=8, do_sample=False)
+        sampled = model.generate(ids[:, :10], max_new_tokens=6, do_sample=True, top_k=10, pad_token_id=0)
+        stop = int(alone_long[0, 31])
+        stopped = model.generate(ids[:1, :30], max_new_tokens=8, do_sample=False, eos_token_id=stop, pad_token_id=0)
+    assert torch.equal(together[0, 30:], alone_long[0, 30:])
+    assert torch.equal(together[1, 30:], alone_short[0, 18:])
+    assert sampled.shape == (2, 16) and stopped.shape[1] == 32
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    with torch.no_grad():
+        teacher_forced = half(ids, use_cache=False).logits.float()
+        decoded, _ = decode_step_by_step(half, ids, prefix=11)
+    assert (decoded.float() - teacher_forced).abs().max() < 0.05 * teacher_forced.abs().max()
+    save(model, tmp_path / "dms")
+    loaded, _ = load(tmp_path / "dms")
+    assert loaded.dmc_config.policy == "dms"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids, use_cache=False).logits, model(ids, use_cache=False).logits)
+
+
+def test_training_gives_gradients_to_the_eviction_channel_only():
+    model, ids = dms_model()
+    model.train()
+    out = model(ids, labels=ids)
+    alpha = torch.stack([a.last_alpha.mean() for a in model.dmc_attentions()]).mean()
+    (out.loss + alpha).backward()
+    grad = model.model.layers[0].self_attn.q_proj.weight.grad
+    d = model.config.head_dim
+    assert torch.isfinite(out.loss) and grad[d - 1].abs().sum() > 0
+    assert 0.05 < alpha.item() < 0.95
