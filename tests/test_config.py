@@ -9,6 +9,7 @@ from typing import Literal
 import pytest
 
 from dynacomp.config import add_config_args, config_from_args, config_from_dict, field
+from dynacomp.errors import UsageError
 
 
 @dataclass
@@ -42,7 +43,7 @@ def test_flags_override_the_file_which_overrides_defaults(tmp_path):
 
 
 def test_a_file_key_no_config_class_knows_is_refused(tmp_path):
-    with pytest.raises(SystemExit, match="unknown option.*stpes"):
+    with pytest.raises(UsageError, match="unknown option.*stpes"):
         parse([], tmp_path, {"width": 16, "stpes": 7})
 
 

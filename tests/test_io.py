@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from dynacomp.io import atomic_path, figure, write_json
+from dynacomp.errors import Failure
+from dynacomp.io import atomic_path, figure, read_text, write_json
 
 
 def test_figure_writes_the_format_its_suffix_names(tmp_path):
@@ -36,3 +37,24 @@ def test_an_atomic_folder_may_hold_links_that_point_nowhere(tmp_path):
         folder.mkdir()
         (folder / "doc").symlink_to("elsewhere")   # as in unpacked .debs whose doc folder links to another's
     assert (tmp_path / "package" / "doc").is_symlink()
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("missing.txt", None, r"data file .*missing\.txt does not exist: check the path"),
+    ("folder", "a folder", r"data file .*folder is a folder: pass a file"),
+    ("latin1.txt", "café".encode("latin-1"), r"data file .*latin1\.txt is not UTF-8 text \(byte 0xe9 at offset 3\)"),
+    ("blank.txt", b" \n\t\n", r"data file .*blank\.txt is empty"),
+])
+def test_read_text_names_the_file_and_the_fix(tmp_path, name, content, message):
+    path = tmp_path / name
+    if content == "a folder":
+        path.mkdir()
+    elif content is not None:
+        path.write_bytes(content)
+    with pytest.raises(Failure, match=message):
+        read_text(path, "data file")
+
+
+def test_read_text_reads_utf8(tmp_path):
+    (tmp_path / "t.txt").write_text("naïve\n", encoding="utf-8")
+    assert read_text(tmp_path / "t.txt") == "naïve\n"

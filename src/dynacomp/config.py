@@ -16,6 +16,8 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from dynacomp.errors import UsageError
+
 C = TypeVar("C")
 CONFIG_KEYS = "_config_keys"   # parser default: the fields of every config class it was given
 
@@ -127,13 +129,23 @@ def config_from_args(config_cls: type[C], args: argparse.Namespace) -> C:
         try:
             values.update(json.loads(Path(config_path).read_text()))
         except (OSError, json.JSONDecodeError) as err:
-            raise SystemExit(f"cannot read config file {config_path}: {err}") from err
+            raise UsageError(f"cannot read config file {config_path}: {err}; pass a JSON object of options") from err
     unknown = set(values) - getattr(args, CONFIG_KEYS, set(values))
     if unknown:
-        raise SystemExit(f"config file {config_path}: unknown option(s) {', '.join(sorted(unknown))}")
+        raise UsageError(f"config file {config_path}: unknown option(s) {', '.join(sorted(unknown))}; "
+                         f"see --help for the options")
     names = {f.name for f in dataclasses.fields(config_cls) if f.init}
     values.update({k: v for k, v in vars(args).items() if k in names})
     return config_from_dict(config_cls, {k: v for k, v in values.items() if k in names})
+
+
+def require_positive(config: Any, *names: str) -> None:
+    """For a config's ``__post_init__``: a ValueError naming the option (and its flag) for the first
+    of ``names`` that is not > 0 (None passes: it means "the default")."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and not value > 0:
+            raise ValueError(f"{type(config).__name__}.{name} ({_flag(name)}) must be > 0, got {value}")
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -42,8 +42,13 @@ def format_mapping(mapping: dict, indent: int = 0) -> str:
     return "\n".join(lines)
 
 
+def bars_enabled() -> bool:
+    """Progress bars are for a person: on when stderr is a terminal or ``DYNACOMP_PROGRESS=1``."""
+    return sys.stderr.isatty() or os.environ.get("DYNACOMP_PROGRESS") == "1"
+
+
 def progress(iterable: Iterable[T] | None = None, **kwargs: Any) -> tqdm:
     """A tqdm bar on stderr, so stdout stays clean for ``--json``; silent when stderr is no terminal
     unless ``DYNACOMP_PROGRESS=1``."""
-    disable = not (sys.stderr.isatty() or os.environ.get("DYNACOMP_PROGRESS") == "1")
-    return tqdm(iterable, file=sys.stderr, disable=kwargs.pop("disable", disable), dynamic_ncols=True, **kwargs)
+    return tqdm(iterable, file=sys.stderr, disable=kwargs.pop("disable", not bars_enabled()), dynamic_ncols=True,
+                **kwargs)

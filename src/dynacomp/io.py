@@ -1,4 +1,5 @@
-"""Files and folders: the cache location and writes (JSON, text, figures) that are never seen half-done."""
+"""Files and folders: the cache location, text files the user names (read with a clear error), and
+writes (JSON, text, figures) that are never seen half-done."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from dynacomp.errors import Failure
 
 
 def cache_dir(*parts: str) -> Path:
@@ -56,6 +59,26 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def read_text(path: str | Path, what: str = "text file") -> str:
+    """The UTF-8 text of a file the user named, or a ``Failure`` that names the file and the fix
+    (missing, unreadable, a folder, not UTF-8, empty)."""
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as err:
+        raise Failure(f"{what} {path} does not exist: check the path") from err
+    except IsADirectoryError as err:
+        raise Failure(f"{what} {path} is a folder: pass a file") from err
+    except OSError as err:
+        raise Failure(f"cannot read {what} {path} ({err.strerror or err}): check its permissions") from err
+    except UnicodeDecodeError as err:
+        raise Failure(f"{what} {path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}): "
+                      "convert it, e.g. `iconv -f latin1 -t utf-8`") from err
+    if not text.strip():
+        raise Failure(f"{what} {path} is empty: pass a file with some text")
+    return text
 
 
 def json_text(obj: Any) -> str:
