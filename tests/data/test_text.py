@@ -15,6 +15,7 @@ import pytest
 from dynacomp.data import text, text_cli
 from dynacomp.data.text import split_documents
 from dynacomp.data.text_corpora import CorpusSpec, Document
+from dynacomp.errors import UsageError
 
 # --- splits ------------------------------------------------------------------------------------
 
@@ -120,7 +121,7 @@ def test_cli_list_fetch_info(tiny, capsys):
     assert info["test_documents"] == [d.id for d in split_documents(text.load_documents("tiny"))["test"]]
     assert _cli("info", "tiny") == 0
     assert "test documents:" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="unknown corpus"):
+    with pytest.raises(UsageError, match="unknown corpus"):
         _cli("fetch", "klingon")
 
 

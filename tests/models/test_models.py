@@ -32,3 +32,5 @@ def test_unknown_hub_id_offline_says_how_to_get_it(monkeypatch, tmp_path):
         load_causal_lm("someone/not-a-cached-model")
     with pytest.raises(ModelNotAvailable, match="config.json"):
         model_info(str(tmp_path))
+    with pytest.raises(ModelNotAvailable, match="no model folder at .*missing: check the path"):
+        model_info(str(tmp_path / "missing"))   # a path, not a hub id: no lookup

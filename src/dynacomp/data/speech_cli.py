@@ -15,6 +15,8 @@ from dynacomp.console import add_json_flag, emit
 from dynacomp.data.speech import SPLITS
 from dynacomp.data.speech_synthesis import SpeechSynthConfig, sentences_from_text, synthesize_dataset
 from dynacomp.data.text import load_split
+from dynacomp.errors import Failure
+from dynacomp.io import read_text
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,15 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _sentences(config: SpeechSynthConfig) -> dict[str, list[str]] | list[str]:
     """Sentences from --text, else from the embedded corpus's own train/validation/test splits."""
     if config.text is not None:
-        try:
-            text = config.text.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as err:
-            raise SystemExit(f"cannot read --text {config.text}: {err}") from err
-        sentences = sentences_from_text(text, config.min_chars, config.max_chars)
+        sentences = sentences_from_text(read_text(config.text, "--text file"), config.min_chars, config.max_chars)
         if len(sentences) < len(SPLITS):
-            raise SystemExit(f"--text {config.text} holds {len(sentences)} usable sentences "
-                             f"({config.min_chars}-{config.max_chars} characters); "
-                             f"need at least {len(SPLITS)}")
+            raise Failure(f"--text {config.text} holds {len(sentences)} usable sentences "
+                          f"({config.min_chars}-{config.max_chars} characters); need at least {len(SPLITS)}")
         return sentences
     return {split: sentences_from_text(load_split(config.corpus, split), config.min_chars, config.max_chars)
             for split in SPLITS}
@@ -54,12 +51,8 @@ def _sentences(config: SpeechSynthConfig) -> dict[str, list[str]] | list[str]:
 
 def _synthesize(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    try:
-        config = config_from_args(SpeechSynthConfig, args)
-        manifest = synthesize_dataset(args.out, _sentences(config), config,
-                                      command=_command(args.out, config))
-    except ValueError as err:   # a bad option: a voice eSpeak NG lacks, a range, the split fractions
-        raise SystemExit(f"dynacomp data speech: {err}") from err
+    config = config_from_args(SpeechSynthConfig, args)
+    manifest = synthesize_dataset(args.out, _sentences(config), config, command=_command(args.out, config))
     seconds = time.perf_counter() - started
     emit({"out": str(args.out), "seconds": round(seconds, 2),
           "realtime_factor": round(manifest["hours"] * 3600 / seconds, 1), **_summary(manifest)}, args.json)
@@ -90,7 +83,7 @@ def _info(args: argparse.Namespace) -> int:
     try:
         manifest = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise SystemExit(f"{args.dir} is no synthetic speech set ({err}): make one with "
-                         f"`dynacomp data speech --hours 1 --out {args.dir}`") from err
+        raise Failure(f"{args.dir} is no synthetic speech set ({err}): make one with "
+                      f"`dynacomp data speech --hours 1 --out {args.dir}`") from err
     emit(manifest if args.json else _summary(manifest), args.json)
     return 0

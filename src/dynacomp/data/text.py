@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from dynacomp.data.text_corpora import CORPORA, DEFAULT_CORPUS, CorpusSpec, Document
+from dynacomp.errors import UnknownName
 from dynacomp.io import atomic_path, cache_dir
 
 Split = Literal["train", "validation", "test"]
@@ -73,7 +74,7 @@ def split_documents(docs: Sequence[Document], fractions: tuple[float, float, flo
 
 def _spec(name: str) -> CorpusSpec:
     if name not in CORPORA:
-        raise KeyError(f"unknown corpus {name!r}; known: {', '.join(CORPORA)}")
+        raise UnknownName(f"unknown corpus {name!r}; known: {', '.join(CORPORA)} (`dynacomp data text list`)")
     return CORPORA[name]
 
 

@@ -7,6 +7,7 @@ import time
 
 from dynacomp.console import add_json_flag, emit, progress
 from dynacomp.data import text
+from dynacomp.errors import UsageError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,7 +50,7 @@ def _list(args: argparse.Namespace) -> int:
 def _fetch(args: argparse.Namespace) -> int:
     unknown = [name for name in args.names if name not in text.CORPORA]
     if unknown:
-        raise SystemExit(f"unknown corpus: {', '.join(unknown)}; known: {', '.join(text.CORPORA)}")
+        raise UsageError(f"unknown corpus: {', '.join(unknown)}; known: {', '.join(text.CORPORA)}")
     results, failed = {}, False
     for name in progress(args.names or list(text.CORPORA), desc="corpora", unit="corpus"):
         start = time.perf_counter()

@@ -17,6 +17,7 @@ from dynacomp.dtp.eval import EvalConfig, evaluate
 from dynacomp.dtp.plot import plot_boundaries
 from dynacomp.dtp.recipe import LoadedRun, RunConfig, load_run, train_run
 from dynacomp.dtp.sample import SampleConfig, generate
+from dynacomp.errors import Failure, UsageError
 from dynacomp.train import TrainConfig
 
 
@@ -72,8 +73,8 @@ def _run_data(loaded: LoadedRun) -> CharData:
     corpus = loaded.record["run"].data
     data = load_data(corpus)
     if data.vocab != loaded.record["vocab"]:
-        raise SystemExit(f"the vocabulary of {corpus} changed since the run was trained; "
-                         "evaluate on the data it was trained with")
+        raise Failure(f"the vocabulary of {corpus} changed since the run was trained; "
+                      "evaluate on the data it was trained with")
     return data
 
 
@@ -94,7 +95,7 @@ def _encode(loaded: LoadedRun, text: str) -> torch.Tensor:
         text = clean_text8(text, language)
     data = CharData(loaded.record["vocab"], language, {})
     if not text:
-        raise SystemExit("the text is empty after cleaning: give some letters of the training language")
+        raise UsageError("the text is empty after cleaning: give some letters of the training language")
     return data.encode(text)
 
 

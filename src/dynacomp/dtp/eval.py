@@ -17,7 +17,7 @@ from typing import Literal
 
 import torch
 
-from dynacomp.config import field
+from dynacomp.config import field, require_positive
 from dynacomp.console import progress
 from dynacomp.dtp.model import HourglassLM
 from dynacomp.metrics.bpc import bits_per_character, sum_nll
@@ -29,6 +29,11 @@ class EvalConfig:
     max_chars: int = field(0, help="score only the first N characters (0: all)")
     stride: int | None = field(None, help="window stride (default: the run's eval_stride)")
     batch_size: int = field(16, help="windows per forward pass")
+
+    def __post_init__(self) -> None:
+        require_positive(self, "batch_size", "stride")
+        if self.max_chars < 0:
+            raise ValueError(f"EvalConfig.max_chars (--max-chars) is >= 0 (0: all), got {self.max_chars}")
 
 
 def eval_windows(n: int, window: int, stride: int) -> list[tuple[int, int]]:

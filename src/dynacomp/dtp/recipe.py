@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dynacomp.config import field, to_dict
+from dynacomp.config import field, require_positive, to_dict
 from dynacomp.dtp.config import DTPConfig
 from dynacomp.dtp.data import CharData, load_data, load_unigram_targets
 from dynacomp.dtp.model import HourglassLM
@@ -37,6 +37,7 @@ class RunConfig:
                              "after the first scoring its last eval_stride (paper: 2048 / 512)")
 
     def __post_init__(self) -> None:
+        require_positive(self, "seq_len", "batch_size")
         if not 0 < self.eval_stride <= self.seq_len:
             raise ValueError(f"eval_stride={self.eval_stride} must be in 1..seq_len={self.seq_len}")
 

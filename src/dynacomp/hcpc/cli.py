@@ -76,8 +76,8 @@ def _segment(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
+    config = config_from_args(EvalConfig, args)   # a bad option fails before the run is loaded
     loaded = load_run(args.run)
-    config = config_from_args(EvalConfig, args)
     data = args.data or loaded.record["run"].data
     result = {"run": str(args.run), "checkpoint": str(loaded.checkpoint), "data": str(data),
               **evaluate(loaded.model, data, config)}

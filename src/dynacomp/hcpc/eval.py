@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dynacomp.config import field
+from dynacomp.config import field, require_positive
 from dynacomp.console import progress
 from dynacomp.data.speech import Utterance, boundaries_in_frames, frame_labels, read_audio
 from dynacomp.data.speech_corpora import load_speech
@@ -47,6 +47,9 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.split == "validation":
             raise ValueError("the validation split chooses the peak prominences; score another split (test)")
+        require_positive(self, "tolerance", "abx_max_per_group", "probe_utterances", "probe_steps")
+        if self.max_utterances < 0:
+            raise ValueError(f"EvalConfig.max_utterances (--max-utterances) is >= 0 (0: all), got {self.max_utterances}")
 
 
 def segment_all(model: HCPC, utterances: Sequence[Utterance], desc: str = "segment",

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dynacomp.config import field, to_dict
+from dynacomp.config import field, require_positive, to_dict
 from dynacomp.data.speech import SAMPLE_RATE, Utterance, read_audio
 from dynacomp.data.speech_corpora import load_speech, speech_set_id
 from dynacomp.hcpc.model import HCPC, HCPCConfig
@@ -30,6 +30,9 @@ class RunConfig:
                        "speech`), or timit:ROOT, buckeye:ROOT or librispeech:ROOT:ALIGNMENTS")
     window: int = field(20480, help="samples per training window (paper: 20480 = 1.28 s)")
     batch_size: int = field(8, help="windows per micro-batch, over all processes (paper: 64)")
+
+    def __post_init__(self) -> None:
+        require_positive(self, "window", "batch_size")
 
 
 def load_split_audio(data: Path, split: str) -> tuple[list[Utterance], list[torch.Tensor]]:

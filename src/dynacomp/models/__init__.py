@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from dynacomp.errors import Failure
 from dynacomp.io import atomic_path, cache_dir
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -37,7 +38,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
 }
 
 
-class ModelNotAvailable(RuntimeError):
+class ModelNotAvailable(Failure):
     """The model can be named but not loaded here; the message says how to get it."""
 
 
@@ -84,9 +85,21 @@ def resolve(name_or_path: str = DEFAULT_MODEL) -> Path | str:
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
-            raise ModelNotAvailable(f"{path} has no config.json: not a transformers model folder")
+            raise ModelNotAvailable(f"{path} has no config.json: it is not a transformers model folder; pass one, "
+                                    f"an embedded name ({', '.join(EMBEDDED)}) or a Hugging Face id")
         return path
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or "\\" in name_or_path:
+        raise ModelNotAvailable(f"no model folder at {path}: check the path, or name an embedded model "
+                                f"({', '.join(EMBEDDED)}) or a Hugging Face id (OWNER/NAME)")
     return name_or_path
+
+
+def _not_on_hub(name: str, local_only: bool, err: OSError) -> ModelNotAvailable:
+    return ModelNotAvailable(
+        f"{name!r} is neither an embedded model ({', '.join(EMBEDDED)}) nor a local folder, "
+        f"and it is not in the Hugging Face cache{' (HF_HUB_OFFLINE is set)' if local_only else ''}. "
+        f"On a machine with network run `huggingface-cli download {name}` and copy "
+        f"~/.cache/huggingface here, or pass the model's local folder. ({err.__class__.__name__})")
 
 
 def load_causal_lm(name_or_path: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32):
@@ -107,12 +120,7 @@ def load_causal_lm(name_or_path: str = DEFAULT_MODEL, dtype: torch.dtype = torch
     except OSError as err:
         if isinstance(source, Path):
             raise
-        raise ModelNotAvailable(
-            f"{name_or_path!r} is neither an embedded model ({', '.join(EMBEDDED)}) nor a local folder, "
-            f"and it is not in the Hugging Face cache{' (HF_HUB_OFFLINE is set)' if local_only else ''}. "
-            f"On a machine with network run `huggingface-cli download {name_or_path}` and copy "
-            f"~/.cache/huggingface here, or pass the model's local folder. ({err.__class__.__name__})"
-        ) from err
+        raise _not_on_hub(name_or_path, local_only, err) from err
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.eval(), tokenizer
@@ -122,7 +130,13 @@ def model_info(name_or_path: str = DEFAULT_MODEL) -> dict:
     """Architecture facts from the model's config, without loading weights."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(resolve(name_or_path))
+    source = resolve(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except OSError as err:
+        if isinstance(source, Path):
+            raise
+        raise _not_on_hub(name_or_path, os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"), err) from err
     heads = config.num_attention_heads
     info = {
         "name": name_or_path,

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 from dynacomp.console import add_json_flag, emit, format_mapping
-from dynacomp.models import DEFAULT_MODEL, EMBEDDED, ModelNotAvailable, load_causal_lm, model_info
+from dynacomp.errors import UsageError
+from dynacomp.models import DEFAULT_MODEL, EMBEDDED, load_causal_lm, model_info
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -19,26 +19,26 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    try:
-        info = model_info(args.model)
-    except ModelNotAvailable as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    info = model_info(args.model)
     emit(info, args.json, lambda i: format_mapping({k: v for k, v in i.items() if k != "config"}))
     return 0
 
 
 def _generate(args: argparse.Namespace) -> int:
-    try:
-        model, tokenizer = load_causal_lm(args.model)
-    except ModelNotAvailable as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    if not args.prompt.strip():
+        raise UsageError('the prompt is empty: give some text to continue, e.g. --prompt "Once upon a time"')
+    if args.max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    model, tokenizer = load_causal_lm(args.model)
     prompt = args.prompt
     if args.chat:
         prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                                add_generation_prompt=True)
     inputs = tokenizer(prompt, return_tensors="pt")
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit and inputs.input_ids.shape[1] + args.max_new_tokens > limit:
+        raise UsageError(f"{inputs.input_ids.shape[1]} prompt tokens + --max-new-tokens {args.max_new_tokens} exceed "
+                         f"{args.model}'s context of {limit} tokens: shorten the prompt or generate fewer tokens")
     start = time.perf_counter()
     output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
     seconds = time.perf_counter() - start

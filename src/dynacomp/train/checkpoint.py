@@ -29,6 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from dynacomp.errors import Failure
 from dynacomp.io import atomic_path
 
 FORMAT = 1
@@ -36,7 +37,7 @@ MODEL, OPTIMIZER, TRAINER, MANIFEST = "model.safetensors", "optimizer.pt", "trai
 _STEP_RE = re.compile(r"^step_(\d+)$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(Failure):
     """A checkpoint that is incomplete, corrupt or unreadable; it was not loaded."""
 
 

@@ -27,6 +27,7 @@ from torch import nn
 
 from dynacomp.config import field, to_dict
 from dynacomp.console import progress
+from dynacomp.errors import Interrupted
 from dynacomp.io import write_text
 from dynacomp.train import checkpoint as ckpt
 from dynacomp.train.distributed import (
@@ -383,6 +384,11 @@ def train(task: TrainTask, config: TrainConfig, out_dir: str | Path, *, resume: 
 
             if (config.checkpoint_every > 0 and step % config.checkpoint_every == 0) or step == config.steps:
                 final_checkpoint = save(trainer, task)
+    except KeyboardInterrupt as err:   # checkpoints are written atomically: the last complete one stands
+        last = ckpt.latest_checkpoint(out_dir)
+        kept = (f"{last} is kept, and the same command (the same out_dir) resumes from it" if last
+                else f"no checkpoint was written yet (checkpoint_every={config.checkpoint_every})")
+        raise Interrupted(f"training stopped at step {step} of {config.steps}; {kept}") from err
     finally:
         bar.close()
         if metrics_file is not None:

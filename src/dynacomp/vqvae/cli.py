@@ -68,14 +68,14 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    config, probe = config_from_args(EvalConfig, args), config_from_args(ProbeConfig, args)   # before the run loads
     loaded = load_run(args.run)
     model, run = loaded.model, loaded.record
     data = args.data or Path(run["data"])
     mean, std = torch.tensor(run["mean"]), torch.tensor(run["std"])
     frames = {split: load_frames(data, split, model.config.n_mels).normalized(mean, std)
               for split in dict.fromkeys((args.split, "train"))}
-    results = evaluate(model, frames[args.split], frames["train"], config_from_args(EvalConfig, args),
-                       config_from_args(ProbeConfig, args))
+    results = evaluate(model, frames[args.split], frames["train"], config, probe)
     results = {"run": str(args.run), "data": str(data), "split": args.split, **results}
     write_json(args.run / EVAL_FILE, results)
     plot_usage({args.run.name: read_metrics(args.run)}, args.run / PLOT_FILE)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dynacomp.config import field
+from dynacomp.config import field, require_positive
 from dynacomp.console import progress
 from dynacomp.metrics.codebook import code_counts, codebook_stats
 from dynacomp.metrics.probe import ProbeConfig, linear_probe
@@ -30,6 +30,9 @@ class EvalConfig:
     batch_size: int = field(16, help="utterances per forward pass")
     probe_frames: int = field(20000, help="training frames (a seeded sample) the linear probe learns from")
     probe_sample_seed: int = field(0, help="seed of that sample")
+
+    def __post_init__(self) -> None:
+        require_positive(self, "batch_size", "probe_frames")
 
 
 @dataclass

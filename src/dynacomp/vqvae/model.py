@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dynacomp.config import field
+from dynacomp.config import field, require_positive
 from dynacomp.nn import VectorQuantizer, VQConfig
 
 
@@ -22,6 +22,9 @@ class VQVAEConfig:
     latent_dim: int = field(64, help="size of the vectors the quantiser sees")
     crop_frames: int = field(128, help="frames in each training crop")
     batch_size: int = field(16, help="crops per micro-batch, over all ranks (a step takes --grad-accum of them)")
+
+    def __post_init__(self) -> None:
+        require_positive(self, "n_mels", "hidden", "layers", "latent_dim", "crop_frames", "batch_size")
 
 
 class ConvStack(nn.Module):
