@@ -129,8 +129,8 @@ CASES = {
     "vq eval: batch size 0": (["vq", "eval", "x", "--batch-size", "0"], USAGE,
                               [r"batch_size \(--batch-size\) must be > 0, got 0"]),
     "dmc eval: batch size 0": (["dmc", "eval", "--batch-size", "0"], USAGE, [r"batch_size must be >= 1, got 0"]),
-    "dmc bench: batch 0": needs_dmc(["dmc", "bench", "--batch", "0"], USAGE, [r"batch .*must be >= 1"]),
-    "dmc passkey: no trials": needs_dmc(["dmc", "passkey", "--trials", "0"], USAGE, [r"trials .*must be >= 1"]),
+    "dmc bench: batch 0": needs_dmc(["dmc", "bench", "--batch", "0"], USAGE, [r"batch\b.*must be (> 0|>= 1)"]),
+    "dmc passkey: no trials": needs_dmc(["dmc", "passkey", "--trials", "0"], USAGE, [r"trials\b.*must be (> 0|>= 1)"]),
     # --- context longer than the model's
     "models generate: past the context": (["models", "generate", "--prompt", "Hi", "--max-new-tokens", "100000"], USAGE,
                                           [r"exceed .*context of 8192 tokens", r"generate fewer"]),
