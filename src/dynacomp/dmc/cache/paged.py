@@ -316,6 +316,12 @@ class PagedLayer(CacheLayerMixin):
     def pages_in_use(self) -> int:
         return int((self._block_table >= 0).sum()) if self.is_initialized else 0
 
+    def pages_of(self, seqs: Tensor) -> Tensor:
+        """(B,) pages held by each of these sequences in this layer."""
+        if self.rows < (int(seqs.max()) + 1) * self.heads:
+            self.reserve(int(seqs.max()) + 1)
+        return (self._block_table[self.rows_of(seqs)] >= 0).view(seqs.numel(), -1).sum(1)
+
     def bytes_per_slot(self) -> int:
         return 2 * self._k_pool.shape[-1] * self._k_pool.element_size()
 
@@ -415,16 +421,20 @@ class DMCCache(Cache):
         self.finished = torch.zeros(0, dtype=torch.bool)     # (S,) freed: later tokens are not stored
         self._free_ids: list[int] = []
         self.chunk: Chunk | None = None                      # the forward in progress
+        self.heads_per_layer = 0                             # KV heads, known from the model (for_model)
 
     @classmethod
     def for_model(cls, model) -> DMCCache:
         """The cache of a converted model's policy: DMC's merging layers, or DMS's evicting ones."""
         from dynacomp.dmc.cache.dms import DMSLayer
 
-        config = model.dmc_config
+        config, layers = model.dmc_config, model.config.num_hidden_layers
         if config.policy == "dms":
-            return cls(model.config.num_hidden_layers, config.page_size, config.eviction_window, DMSLayer)
-        return cls(model.config.num_hidden_layers, config.page_size, config.window)
+            cache = cls(layers, config.page_size, config.eviction_window, DMSLayer)
+        else:
+            cache = cls(layers, config.page_size, config.window)
+        cache.heads_per_layer = model.config.num_key_value_heads
+        return cache
 
     # -- sequences ------------------------------------------------------------------------------
 
@@ -520,6 +530,24 @@ class DMCCache(Cache):
         """(layers, B, H) slots held by ``seqs`` (default: every sequence id)."""
         seqs = torch.arange(self.tokens.numel()) if seqs is None else seqs
         return torch.stack([layer.slots_of(seqs) for layer in self.layers if layer.is_initialized])
+
+    def pages_held(self, seqs: Tensor) -> Tensor:
+        """(B,) pages held by each of these sequences, over all layers and KV heads."""
+        return sum(layer.pages_of(seqs) for layer in self.layers if layer.is_initialized)
+
+    def pages_needed(self, seqs: Tensor, tokens: Tensor) -> int:
+        """An upper bound on the pages that storing ``tokens`` (B,) more tokens of these sequences
+        can take: every token a new slot (no merge, no eviction), from each row's slot count. A
+        layer not yet initialised counts as empty rows of ``heads_per_layer``."""
+        total = 0
+        for layer in self.layers:
+            if layer.is_initialized and layer.rows >= (int(seqs.max()) + 1) * layer.heads:
+                count = layer.slots_of(seqs)                                       # (B, H)
+            else:
+                count = torch.zeros(seqs.numel(), self.heads_per_layer, dtype=torch.long)
+            after = count + tokens[:, None]
+            total += int((-(-after // layer.page_size) - (-(-count // layer.page_size))).sum())
+        return total
 
     def bytes_in_use(self) -> int:
         """Bytes of the pages in use, over all layers."""

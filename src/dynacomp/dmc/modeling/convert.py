@@ -72,7 +72,7 @@ class DMCModelMixin:
             cache = self.new_cache()
         ids = kwargs.get("input_ids", args[0] if args else None)
         embeds = kwargs.get("inputs_embeds")
-        self._check_positions(cache, ids, embeds)
+        self._check_positions(cache, (ids if ids is not None else embeds).shape[1], seqs)
         if not use_cache:
             return super().forward(*args, cache=None, use_cache=False, **kwargs)
         inputs = ids if ids is not None else embeds
@@ -87,9 +87,16 @@ class DMCModelMixin:
         cache.end_forward()
         return out
 
-    def _check_positions(self, cache, input_ids, inputs_embeds) -> None:
-        tokens = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-        total = tokens + (cache.get_seq_length() if cache is not None else 0)
+    def _check_positions(self, cache, tokens: int, seqs) -> None:
+        """A forward must not reach past the model's positions: the batch's (or, for sequences
+        named by ``seqs``, each one's) positions so far plus the new tokens."""
+        if cache is None:
+            past = 0
+        elif seqs is None:
+            past = cache.get_seq_length()
+        else:
+            past = int(cache.tokens[torch.as_tensor(seqs)].max())
+        total = tokens + past
         limit = self.config.max_position_embeddings
         if total > limit:
             raise ValueError(f"{total} token positions exceed the model's {limit} positions; "

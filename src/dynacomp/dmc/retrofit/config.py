@@ -25,7 +25,8 @@ class RetrofitConfig:
     model: str = field(DEFAULT_MODEL, help="embedded model name, local transformers folder or Hugging Face id")
     policy: Literal["dmc", "dms"] = _default_of(DMCConfig, "policy")
     eviction_window: int = _default_of(DMCConfig, "eviction_window")
-    data: str = field("english", help="corpus name (dynacomp data) or a text file (split 90/5/5 %% by position); "
+    data: str = field("english", help="corpus name (dynacomp data), a mixture NAME+NAME+... (alternating pieces), "
+                                      "or a text file (split 90/5/5 %% by position); "
                                       "trains on its train split, reports on its test split")
     target_cr: float = field(2.0, help="target compression ratio (tokens per KV slot)")
     init: str | None = field(None, help="a DMC checkpoint folder to continue from (e.g. a ratio-2 retrofit on the "

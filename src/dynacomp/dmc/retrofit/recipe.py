@@ -25,6 +25,7 @@ Perplexity is measured as the model generates: every evaluation window is prefil
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import platform
@@ -53,8 +54,17 @@ from dynacomp.train import is_main_process, load_weights, train
 SPLIT_FRACTIONS = {"train": (0.0, 0.9), "validation": (0.9, 0.95), "test": (0.95, 1.0)}
 
 
+MIX_PIECE = 4096   # characters: a mixture alternates its corpora in pieces this long
+
+
 def load_text(data: str, split: str) -> str:
-    """A split of a corpus name, or of a text file cut 90/5/5 % by position."""
+    """A split of a corpus name, of a mixture ``name+name+...`` (its corpora's splits alternating in
+    pieces of ``MIX_PIECE`` characters, so any prefix holds all of them), or of a text file cut
+    90/5/5 % by position."""
+    if "+" in data:
+        texts = [load_text(name, split) for name in data.split("+")]
+        pieces = [[t[i:i + MIX_PIECE] for i in range(0, len(t), MIX_PIECE)] for t in texts]
+        return "".join(piece for group in itertools.zip_longest(*pieces, fillvalue="") for piece in group)
     path = Path(data).expanduser()
     if path.is_file():
         text = path.read_text(encoding="utf-8")
