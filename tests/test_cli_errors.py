@@ -58,10 +58,6 @@ def bad_inputs(tmp_path_factory) -> Path:
     return root
 
 
-def needs_dmc(*row):
-    return pytest.param(*row, marks=pytest.mark.xfail(reason="needs dmc-side check", strict=True))
-
-
 USAGE, FAILURE = 2, 1
 CASES = {
     # --- the command line itself (argparse, on one line too)
@@ -94,18 +90,18 @@ CASES = {
                         [r"blank\.txt is empty"]),
     "dmc eval: data file missing": (["dmc", "eval", "--data", "{tmp}/missing.txt"], FAILURE,
                                     [r"missing\.txt does not exist", r"check the path"]),
-    "dmc eval: data file not UTF-8": needs_dmc(["dmc", "eval", "--data", "{tmp}/binary.txt"], FAILURE,
+    "dmc eval: data file not UTF-8": (["dmc", "eval", "--data", "{tmp}/binary.txt"], FAILURE,
                                               [r"binary\.txt", r"not UTF-8"]),
-    "dmc eval: data file empty": needs_dmc(["dmc", "eval", "--data", "{tmp}/empty.txt"], FAILURE,
+    "dmc eval: data file empty": (["dmc", "eval", "--data", "{tmp}/empty.txt"], FAILURE,
                                           [r"empty\.txt", r"empty"]),
-    "dmc retrofit: data file empty": needs_dmc(["dmc", "retrofit", "--out", "r", "--data", "{tmp}/empty.txt"], FAILURE,
+    "dmc retrofit: data file empty": (["dmc", "retrofit", "--out", "r", "--data", "{tmp}/empty.txt"], FAILURE,
                                               [r"empty\.txt", r"empty"]),
     # --- empty prompts
     "models generate: empty prompt": (["models", "generate", "--prompt", ""], USAGE,
                                       [r"prompt is empty", r"--prompt"]),
     "dtp sample: empty prompt": (["dtp", "sample", "--run", "{tmp}/trained", "--prompt", ""], USAGE,
                                  [r"text is empty after cleaning", r"give some letters"]),
-    "dmc generate: empty prompt": needs_dmc(["dmc", "generate", "--model", "smollm2-135m", "--prompt", "",
+    "dmc generate: empty prompt": (["dmc", "generate", "--model", "smollm2-135m", "--prompt", "",
                                              "--max-new-tokens", "1"], USAGE, [r"prompt is empty"]),
     # --- ratios < 1
     "dmc eval: ratio < 1": (["dmc", "eval", "--method", "h2o", "--cr", "0.5"], USAGE,
@@ -129,12 +125,12 @@ CASES = {
     "vq eval: batch size 0": (["vq", "eval", "x", "--batch-size", "0"], USAGE,
                               [r"batch_size \(--batch-size\) must be > 0, got 0"]),
     "dmc eval: batch size 0": (["dmc", "eval", "--batch-size", "0"], USAGE, [r"batch_size must be >= 1, got 0"]),
-    "dmc bench: batch 0": needs_dmc(["dmc", "bench", "--batch", "0"], USAGE, [r"batch\b.*must be (> 0|>= 1)"]),
-    "dmc passkey: no trials": needs_dmc(["dmc", "passkey", "--trials", "0"], USAGE, [r"trials\b.*must be (> 0|>= 1)"]),
+    "dmc bench: batch 0": (["dmc", "bench", "--batch", "0"], USAGE, [r"batch\b.*must be (> 0|>= 1)"]),
+    "dmc passkey: no trials": (["dmc", "passkey", "--trials", "0"], USAGE, [r"trials\b.*must be (> 0|>= 1)"]),
     # --- context longer than the model's
     "models generate: past the context": (["models", "generate", "--prompt", "Hi", "--max-new-tokens", "100000"], USAGE,
                                           [r"exceed .*context of 8192 tokens", r"generate fewer"]),
-    "dmc eval: past the context": needs_dmc(["dmc", "eval", "--context", "100000", "--max-tokens", "200"], USAGE,
+    "dmc eval: past the context": (["dmc", "eval", "--context", "100000", "--max-tokens", "200"], USAGE,
                                            [r"8192"]),
     # --- unknown corpus names
     "data text info: unknown corpus": (["data", "text", "info", "klingon"], USAGE, [r"invalid choice: 'klingon'"]),

@@ -12,6 +12,7 @@ from dynacomp.console import add_json_flag, emit, format_mapping
 from dynacomp.dmc.config import DMCConfig
 from dynacomp.dmc.evaluation import bench as bench_module
 from dynacomp.dmc.evaluation.cli import register_eval
+from dynacomp.errors import Failure, UsageError
 
 RETROFIT_HELP = """\
 Teach a pretrained LLM to merge its KV cache (DMC, arXiv 2403.09636) in the paper's three
@@ -72,11 +73,13 @@ def load_for_generation(model: str, config: DMCConfig, given: set[str]):
 def run_generate(args: argparse.Namespace) -> int:
     import torch
 
+    if not args.prompt.strip():
+        raise UsageError('the prompt is empty: give some text to continue, e.g. --prompt "Once upon a time"')
     config = config_from_args(DMCConfig, args)
     given = {name for name in DMCConfig.__dataclass_fields__ if hasattr(args, name)}   # flags given explicitly
     model, tokenizer = load_for_generation(args.model, config, given)
     if tokenizer is None:
-        raise SystemExit(f"{args.model} holds no tokenizer: save the checkpoint with its tokenizer")
+        raise Failure(f"{args.model} holds no tokenizer: save the checkpoint with its tokenizer")
     inputs = tokenizer(args.prompt, return_tensors="pt")
     cache = model.new_cache()
     with torch.no_grad():

@@ -32,7 +32,7 @@ from typing import Literal, get_args
 
 import torch
 
-from dynacomp.config import field
+from dynacomp.config import field, require_positive
 from dynacomp.dmc.cache import DMCCache
 from dynacomp.dmc.config import DMCConfig
 
@@ -56,6 +56,7 @@ class BenchConfig:
                                           "KV-cache budget and measure its throughput there")
 
     def __post_init__(self) -> None:
+        require_positive(self, "batch", "context", "new_tokens", "page_size")
         unknown = set(self.methods) - set(METHODS)
         if unknown:
             raise ValueError(f"unknown methods {sorted(unknown)}; known: {', '.join(METHODS)}")
@@ -232,7 +233,8 @@ def measure_in_worker(method: str, cr: float | list[float], config: BenchConfig)
     payload = json.dumps({"method": method, "cr": cr, "config": asdict(config)})
     done = subprocess.run([sys.executable, "-m", "dynacomp.dmc.evaluation.bench_worker", payload], capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"benchmark worker for {method} failed:\n{done.stderr[-3000:]}")
+        last = ([line for line in done.stderr.splitlines() if line.strip()] or ["no output"])[-1]
+        raise RuntimeError(f"the benchmark worker for {method} failed: {last}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

@@ -12,11 +12,13 @@ from typing import Literal
 
 import torch
 
-from dynacomp.config import add_config_args, config_from_args, field
+from dynacomp.config import add_config_args, config_from_args, field, require_positive
 from dynacomp.console import add_json_flag, emit
 from dynacomp.dmc import policies
 from dynacomp.dmc.evaluation.harness import EvalOptions, passkey, perplexity_online
 from dynacomp.dmc.policies import POLICIES, PolicyOptions
+from dynacomp.errors import Failure, UsageError
+from dynacomp.io import read_text
 from dynacomp.models import DEFAULT_MODEL
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -39,12 +41,20 @@ class PerplexityConfig(MethodConfig):
     context: int = field(512, help="tokens per window (windows do not overlap)")
     data: Path | None = field(None, help="a UTF-8 text file to score; None: the embedded English test split")
 
+    def __post_init__(self) -> None:
+        require_positive(self, "context")
+
 
 @dataclass
 class PasskeyConfig(MethodConfig):
     lengths: tuple[int, ...] = field((512, 1024, 2048, 4096), help="prompt lengths in tokens")
     trials: int = field(10, help="prompts per length")
     seed: int = field(0, help="seed of the keys and their depths")
+
+    def __post_init__(self) -> None:
+        require_positive(self, "trials")
+        if not self.lengths or min(self.lengths) < 1:
+            raise UsageError(f"--lengths needs prompt lengths >= 1, got {self.lengths}")
 
 
 def register_eval(sub: argparse._SubParsersAction) -> None:
@@ -87,15 +97,24 @@ def load_for_eval(config: MethodConfig):
         model, tokenizer, _ = load_base(config.model, dtype=dtype)
         zero_decision_channels(model)
     if tokenizer is None:
-        raise SystemExit(f"{config.model} holds no tokenizer: save the checkpoint with its tokenizer")
+        raise Failure(f"{config.model} holds no tokenizer: save the checkpoint with its tokenizer")
     return model.to(config.device), tokenizer
+
+
+def check_context(model, config: MethodConfig, longest: int, flag: str) -> None:
+    """A window or prompt must fit the model's positions."""
+    limit = model.config.max_position_embeddings
+    if longest > limit:
+        raise UsageError(f"{flag} {longest} is longer than {config.model}'s context of {limit} tokens: "
+                         f"pass {flag} {limit} or less")
 
 
 def _eval(args: argparse.Namespace) -> None:
     config = config_from_args(PerplexityConfig, args)
     options = config_from_args(EvalOptions, args)
+    text = read_text(config.data, "--data file") if config.data is not None else None
     model, tokenizer = load_for_eval(config)
-    text = config.data.read_text(encoding="utf-8") if config.data is not None else None
+    check_context(model, config, config.context, "--context")
     result = perplexity_online(model, tokenizer, config.method, config.cr, config.context, options, text=text,
                                policy_options=config_from_args(PolicyOptions, args))
     result.update(model=config.model, data=str(config.data) if config.data else "english test split")
@@ -108,6 +127,7 @@ def _passkey(args: argparse.Namespace) -> None:
     config = config_from_args(PasskeyConfig, args)
     options = config_from_args(EvalOptions, args)
     model, tokenizer = load_for_eval(config)
+    check_context(model, config, max(config.lengths), "--lengths")
     result = passkey(model, tokenizer, config.method, config.cr, config.lengths, config.trials, config.seed, options,
                      policy_options=config_from_args(PolicyOptions, args))
     result["model"] = config.model

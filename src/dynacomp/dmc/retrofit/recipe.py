@@ -44,7 +44,7 @@ from dynacomp.dmc.modeling import channels
 from dynacomp.dmc.modeling.convert import convert, load_base, save
 from dynacomp.dmc.retrofit.config import STAGES, RetrofitConfig
 from dynacomp.dmc.retrofit.task import RetrofitTask
-from dynacomp.io import figure, write_json
+from dynacomp.io import figure, read_text, write_json
 from dynacomp.metrics.perplexity import perplexity
 from dynacomp.models import DEFAULT_MODEL, resolve
 from dynacomp.train import is_main_process, load_weights, train
@@ -66,8 +66,8 @@ def load_text(data: str, split: str) -> str:
         pieces = [[t[i:i + MIX_PIECE] for i in range(0, len(t), MIX_PIECE)] for t in texts]
         return "".join(piece for group in itertools.zip_longest(*pieces, fillvalue="") for piece in group)
     path = Path(data).expanduser()
-    if path.is_file():
-        text = path.read_text(encoding="utf-8")
+    if path.suffix or path.parent != Path("."):           # a path, not a corpus name
+        text = read_text(path, "--data file")
         low, high = SPLIT_FRACTIONS[split]
         return text[int(low * len(text)):int(high * len(text))]
     from dynacomp.data.text import load_split
