@@ -66,7 +66,9 @@ def test_every_method_at_ratio_one_is_vanilla(model_and_ids, method):
     result = perplexity_online(model, ids, method, 1, 24, EvalOptions(batch_size=3, prefix=3),
                                policy_options=PolicyOptions(quant_group=4, quant_residual=32))   # nothing gets quantised
     assert result["perplexity"] == pytest.approx(vanilla["perplexity"], rel=1e-4)
-    assert result["ratio"] == pytest.approx(1.0 if method != "dmc_forced" else dmc_memory_ratio(24))
+    eviction = 128 / 136           # every slot kept, each with 8 bytes of statistics
+    expected = dmc_memory_ratio(24) if method == "dmc_forced" else eviction if POLICIES[method].kind == "eviction" else 1
+    assert result["ratio"] == pytest.approx(expected)
     assert model.config._attn_implementation == "sdpa" and not hasattr(model, "dmc_config")
 
 
@@ -77,7 +79,8 @@ def test_compression_costs_perplexity_at_the_reported_ratio(model_and_ids, metho
     result = perplexity_online(model, ids, method, 4, 24, EvalOptions(chunk=2),
                                policy_options=PolicyOptions(quant_group=4, quant_residual=4))
     assert result["perplexity"] != pytest.approx(vanilla, rel=1e-4)
-    expected = {"int4": 16 / (4 + 2 * 16 / 4), "dmc_forced": dmc_memory_ratio(6)}.get(method, 24 / 6)
+    # Eviction keeps 6 slots of 128 bytes, each with 8 bytes of statistics (position, score).
+    expected = {"int4": 16 / (4 + 2 * 16 / 4), "dmc_forced": dmc_memory_ratio(6)}.get(method, 24 * 128 / (6 * 136))
     assert result["ratio"] == pytest.approx(expected, rel=0.05)
 
 

@@ -63,7 +63,7 @@ def load_for_generation(model: str, config: DMCConfig, given: set[str]):
     from dynacomp.dmc import convert, is_dmc_checkpoint, load, zero_decision_channels
     from dynacomp.models import load_causal_lm
 
-    if Path(model).is_dir() and is_dmc_checkpoint(model):
+    if is_dmc_checkpoint(model):
         return load(model, **{name: getattr(config, name) for name in given})
     plain, tokenizer = load_causal_lm(model)
     zero_decision_channels(plain)  # untrained decision channels: every head appends unless forced

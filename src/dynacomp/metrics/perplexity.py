@@ -41,7 +41,8 @@ def perplexity(model: torch.nn.Module, token_ids: Tensor, context: int, stride: 
                after_forward: Callable[[Any, int], None] | None = None) -> dict[str, float]:
     """Perplexity of ``model`` on ``token_ids`` (N,), windows as in the module docstring.
 
-    Returns ``{"perplexity", "nll" (mean per scored token, nats), "tokens" (scored), "windows"}``.
+    Returns ``{"perplexity", "nll" (mean per scored token, nats), "tokens" (scored), "windows",
+    "window_nll" (summed per window, for paired intervals), "window_tokens"}``.
     """
     if pieces is not None and cache_factory is None:
         raise ValueError("reading a window in pieces needs a cache to carry the context between them")
@@ -50,7 +51,7 @@ def perplexity(model: torch.nn.Module, token_ids: Tensor, context: int, stride: 
     if not starts:
         raise ValueError(f"{token_ids.numel()} tokens do not fill one window of {context}")
     device = next(model.parameters()).device
-    total_nll, scored = 0.0, 0
+    window_nll_sums, window_tokens = [], []
     for first in progress(range(0, len(starts), batch_size), desc=desc, unit="batch"):
         batch_starts = starts[first:first + batch_size]
         ids = torch.stack([token_ids[s:s + context] for s in batch_starts]).to(device)      # (B, context)
@@ -58,10 +59,12 @@ def perplexity(model: torch.nn.Module, token_ids: Tensor, context: int, stride: 
                          after_forward)
         for row, start in enumerate(batch_starts):
             keep = context - 1 if start == 0 else min(stride, context - 1)   # the last `keep` predictions
-            total_nll += float(nll[row, -keep:].sum())
-            scored += keep
-    mean = total_nll / scored
-    return {"perplexity": math.exp(mean), "nll": mean, "tokens": scored, "windows": len(starts)}
+            window_nll_sums.append(float(nll[row, -keep:].sum()))
+            window_tokens.append(keep)
+    scored = sum(window_tokens)
+    mean = sum(window_nll_sums) / scored
+    return {"perplexity": math.exp(mean), "nll": mean, "tokens": scored, "windows": len(starts),
+            "window_nll": window_nll_sums, "window_tokens": window_tokens}
 
 
 def window_nll(model: torch.nn.Module, ids: Tensor, cache, pieces: list[tuple[int, int]],

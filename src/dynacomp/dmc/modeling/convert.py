@@ -203,12 +203,19 @@ def save(model: PreTrainedModel, directory: str | Path, tokenizer=None) -> Path:
 
 
 def is_dmc_checkpoint(directory: str | Path) -> bool:
-    return (Path(directory) / "dmc_config.json").exists()
+    """A folder saved by ``save``, or the name of a delta dynacomp ships (``dynacomp.dmc.delta``)."""
+    from dynacomp.dmc.delta import shipped
+
+    return (Path(directory) / "dmc_config.json").exists() or shipped(directory) is not None
 
 
 def load_base(directory: str | Path, dtype: torch.dtype = torch.float32):
-    """``(model, tokenizer, dmc_config)`` of a checkpoint saved by ``save``, the model *not* yet
-    converted: the plain transformers model with the retrofitted weights."""
+    """``(model, tokenizer, dmc_config)`` of a checkpoint saved by ``save`` (or a shipped delta), the
+    model *not* yet converted: the plain transformers model with the retrofitted weights."""
+    from dynacomp.dmc.delta import load_delta_base, shipped
+
+    if shipped(directory) is not None:
+        return load_delta_base(shipped(directory), dtype)
     directory = Path(directory)
     if not is_dmc_checkpoint(directory):
         raise FileNotFoundError(f"{directory} is not a DMC checkpoint (no dmc_config.json); "
@@ -235,7 +242,12 @@ def load_base(directory: str | Path, dtype: torch.dtype = torch.float32):
 
 
 def load(directory: str | Path, dtype: torch.dtype = torch.float32, **overrides):
-    """Load ``(model, tokenizer)`` saved by ``save``; ``overrides`` replace DMCConfig fields
-    (e.g. ``force_cr=4``, ``page_size=32``)."""
+    """Load ``(model, tokenizer)`` saved by ``save``, or a shipped delta by its name (e.g.
+    ``smollm2-135m-dms4``); ``overrides`` replace DMCConfig fields (e.g. ``force_cr=4``,
+    ``page_size=32``)."""
+    from dynacomp.dmc.delta import load_delta, shipped
+
+    if shipped(directory) is not None:
+        return load_delta(shipped(directory), dtype, **overrides)
     model, tokenizer, dmc_config = load_base(directory, dtype)
     return convert(model, replace(dmc_config, **overrides)), tokenizer

@@ -44,6 +44,9 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from dynacomp.dmc.cache import CacheStats
 
 ATTN_IMPLEMENTATION = "dynacomp_budget"
+# Memory of the statistics a policy keeps per slot beside its key and value: the token position
+# and one score (attention received, or the latest query's), 4 bytes each in a deployment.
+STAT_BYTES_PER_SLOT = 8
 
 # The layer whose keys the next attention call receives: Cache.update runs right before the
 # attention function inside every attention module, and the attention function has no other way
@@ -189,7 +192,8 @@ class BudgetCache(Cache):
 
     def stats(self) -> CacheStats:
         """Tokens (summed over sequences) and slots (over layers, KV heads and sequences); the
-        memory of the kept slots' keys and values against a dense cache of every token."""
+        memory of the kept slots' keys, values and per-slot statistics against a dense cache of
+        every token."""
         layers = [layer for layer in self.layers if layer.is_initialized]
         if not layers:
             return CacheStats()
@@ -197,7 +201,7 @@ class BudgetCache(Cache):
         slot_bytes = 2 * d * layers[0].keys.element_size()
         slots = sum(b * h * layer.keys.shape[2] for layer in layers)
         dense_slots = sum(b * h * layer.seen for layer in layers)
-        held = slots * slot_bytes
+        held = slots * (slot_bytes + STAT_BYTES_PER_SLOT)
         return CacheStats(tokens=b * layers[0].seen, slots=slots, bytes=held, dense_bytes=dense_slots * slot_bytes,
                           compression_ratio=dense_slots / max(slots, 1), allocated_bytes=held, reserved_bytes=held)
 
