@@ -17,7 +17,7 @@ def test_a_full_rank_delta_rebuilds_the_retrofitted_model(tmp_path, monkeypatch)
                 weight += 0.05 * torch.randn_like(weight)
     convert(trained, DMCConfig(policy="dms", eviction_window=3, decision_threshold=0.5))
     monkeypatch.setattr("dynacomp.models.load_causal_lm", lambda name, dtype=torch.float32: (tiny_model(), None))
-    report = write_delta(trained, base, tmp_path / "delta.safetensors", "tiny", rank=64)   # full rank: every matrix is at most 64 wide
+    report = write_delta(trained, base, tmp_path / "delta.safetensors", "tiny", rank=64)   # full rank (64 wide)
     assert report["kept_change"] > 0.999
     rebuilt, _ = load_delta(tmp_path / "delta.safetensors")
     assert rebuilt.dmc_config == trained.dmc_config

@@ -156,3 +156,17 @@ def test_api_key_full_queue_disconnect_and_failed_step(model_folder):
         assert response.status_code == 429 and response.headers["retry-after"] == "1"
     finally:
         full.close()
+
+
+def test_the_load_benchmark_reports_vllm_fields(server, model_folder):
+    import asyncio
+
+    from dynacomp.serve.bench import LoadConfig, run_load
+
+    config = LoadConfig(url=server.url, num_prompts=4, warmup=1, request_rate=20.0, input_len=16, output_len=4, range_ratio=0.0,
+                        tokenizer=str(model_folder), time_limit_s=120)
+    result = asyncio.run(run_load(config))
+    assert result["completed"] == 4 and result["total_output_tokens"] == 16
+    assert result["output_throughput"] > 0 and result["median_ttft_ms"] > 0 and result["peak_running"] >= 1
+    with pytest.raises(ValueError, match="127.0.0.1"):
+        LoadConfig(url="http://example.com:8000")

@@ -23,6 +23,7 @@ from typing import Literal
 from urllib.parse import urlparse
 
 from dynacomp.config import field
+from dynacomp.models import DEFAULT_MODEL
 
 
 @dataclass
@@ -37,6 +38,8 @@ class LoadConfig:
     output_len: int = field(64, help="mean output tokens")
     range_ratio: float = field(0.5, help="random: lengths uniform in mean x (1 +- this)")
     corpus: str = field("english", help="embedded corpus the prompts are cut from (its test split)")
+    tokenizer: str = field(DEFAULT_MODEL, help="the served model's tokenizer (embedded name or folder), to cut "
+                                                "prompts of exact token lengths")
     seed: int = field(0, help="seed of lengths, prompts and arrivals")
     time_limit_s: float = field(1800.0, help="stop sending after this long and report what finished")
     api_key: str | None = field(None, help="Bearer key, if the server wants one")
@@ -117,7 +120,7 @@ async def run_load(config: LoadConfig) -> dict:
     rng = random.Random(config.seed)
     async with httpx.AsyncClient(timeout=httpx.Timeout(config.time_limit_s)) as client:
         served = (await client.get(config.url + "/v1/models", headers=headers)).json()["data"][0]["id"]
-        tokenizer = AutoTokenizer.from_pretrained(resolve(served) if not served.startswith(("/", ".")) else served)
+        tokenizer = AutoTokenizer.from_pretrained(resolve(config.tokenizer))
         ids = tokenizer(load_split(config.corpus, "test"), add_special_tokens=False)["input_ids"]
         lengths = draw_lengths(config, config.warmup + config.num_prompts, rng)
         prompts = prompts_from_corpus(ids, lengths, rng)

@@ -6,7 +6,6 @@ import argparse
 import math
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from dynacomp.config import add_config_args, config_from_args, field
 from dynacomp.console import add_json_flag, emit, format_mapping
@@ -63,7 +62,7 @@ def load_engine(config: ServeConfig):
     from dynacomp.serve.engine import Engine, EngineConfig
 
     overrides = {"page_size": config.page_size} | ({"decision_threshold": math.inf} if config.dense else {})
-    if Path(config.model).is_dir() and is_dmc_checkpoint(config.model):
+    if is_dmc_checkpoint(config.model):
         model, tokenizer = load(config.model, **overrides, **({"force_cr": config.force_cr} if config.force_cr else {}))
     else:
         model, tokenizer = load_causal_lm(config.model)

@@ -322,10 +322,10 @@ class Engine:
         now = time.monotonic()
         slots, held = self.cache.slots(seqs).sum((0, 2)), self.cache.tokens[seqs]
         for i, (request, n) in enumerate(rows):
+            self.stats.prompt_tokens += max(0, min(request.fed + n, len(request.prompt)) - request.fed)
             request.fed += n
             request.kv_ratio = float(held[i]) * self.rows_per_seq / max(int(slots[i]), 1)
             if request.fed < len(request.prompt):
-                self.stats.prompt_tokens += n
                 continue
             if request.fed < len(request.tokens):                 # recomputing after a preemption
                 continue
