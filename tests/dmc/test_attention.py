@@ -8,7 +8,7 @@ import torch
 from dynacomp.dmc import DMCConfig, convert, zero_decision_channels
 from dynacomp.dmc.modeling.attention import apply_rope
 
-from .tiny import decode_step_by_step, half_merging_bias, tiny_model
+from .tiny import decode_step_by_step, half_evicting_bias, half_merging_bias, tiny_model
 
 
 def naive_dmc_attention(attn, hidden, cos, sin, config: DMCConfig):
@@ -112,3 +112,23 @@ def test_bfloat16_model_decodes_like_its_teacher_forced_pass():
     decoded, cache = decode_step_by_step(model, ids, prefix=11)
     assert decoded.dtype == torch.bfloat16 and cache.layers[0]._k_pool.dtype == torch.bfloat16
     assert (decoded.float() - teacher_forced).abs().max() < 0.05 * teacher_forced.abs().max()
+
+
+@pytest.mark.parametrize("policy", ["dmc", "dms"])
+def test_chunked_prefill_continuing_a_cache_equals_teacher_forcing(policy):
+    """Chunks of 7 through a cache, merge or eviction window 4, query blocks of 5 (none aligned)."""
+    model = tiny_model()
+    ids = torch.randint(0, 97, (2, 45))
+    if policy == "dmc":
+        config = DMCConfig(decision_bias=half_merging_bias(model, ids), window=4, query_chunk=5, page_size=4)
+    else:
+        config = DMCConfig(policy="dms", decision_bias=half_evicting_bias(model, ids), eviction_window=4,
+                           query_chunk=5, page_size=4)
+    convert(model, config)
+    with torch.no_grad():
+        teacher_forced = model(ids, use_cache=False).logits
+        decided = torch.stack([a.last_alpha.mean() for a in model.dmc_attentions()]).mean()
+        cache = model.new_cache()
+        chunked = torch.cat([model(ids[:, s:s + 7], cache=cache).logits for s in range(0, 45, 7)], 1)
+    assert 0.3 < decided < 0.7
+    assert (teacher_forced - chunked).abs().max() <= 1e-4
