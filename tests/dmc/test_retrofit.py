@@ -255,3 +255,20 @@ def test_dms_retrofit_distils_evicts_and_decodes_like_its_teacher_forced_pass(ti
                             + [model(ids[:, t:t + 1], cache=cache).logits for t in range(21, 64)], 1)
     assert (teacher_forced - decoded).abs().max() <= 1e-3
     assert cache.stats().compression_ratio > 1.0
+
+
+def test_training_only_the_decision_rows_leaves_every_other_weight_alone(tiny_folder, tmp_path):
+    config = tiny_config(*tiny_folder, policy="dms", eviction_window=4, distill=1.0, train_params="decisions",
+                         retrofit_steps=3, finetune_steps=0)
+    retrofit(config, tmp_path)
+    trained, _, _ = load_base(tmp_path / "model")
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_folder[0])
+    rows = channels.eviction_rows(trained.config)
+    for (name, after), before in zip(trained.named_parameters(), base.parameters()):
+        changed = (after != before).any(-1) if after.dim() == 2 else (after != before)
+        if name.endswith("q_proj.weight"):
+            assert changed[rows].any() and not changed[[r for r in range(len(changed)) if r not in rows]].any()
+        else:
+            assert not changed.any(), name

@@ -154,3 +154,27 @@ def add_scaling_hooks(model: nn.Module, policy: str, scale_of) -> None:
     for layer in model.model.layers:
         for module in source_modules(layer.self_attn):
             module.register_forward_hook(lambda module, inputs, output: scale_decision_channel(output, d, scale_of()))
+
+
+def train_decision_rows_only(model: nn.Module, policy: str) -> list[Tensor]:
+    """Freeze everything but the weights the policy reads its decisions from, and mask their
+    gradients to those rows: the model itself stays the base model (with the read channels
+    zeroed), only where it compresses is learned. Returns the trained weights (no weight decay:
+    it would shrink the frozen rows too)."""
+    d = head_dim(model.config)
+    for param in model.parameters():
+        param.requires_grad_(False)
+    trained = []
+    for layer in model.model.layers:
+        attn = layer.self_attn
+        projections = {"q_proj": eviction_rows(model.config)} if policy == "dms" else {
+            "q_proj": list(range(d - 1, attn.q_proj.out_features, d)),
+            "k_proj": list(range(d - 1, attn.k_proj.out_features, d))}
+        for name, rows in projections.items():
+            weight = getattr(attn, name).weight
+            mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype)
+            mask[rows] = 1
+            weight.requires_grad_(True)
+            weight.register_hook(lambda grad, mask=mask: grad * mask.to(grad.device))
+            trained.append(weight)
+    return trained

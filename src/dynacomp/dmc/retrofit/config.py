@@ -50,9 +50,10 @@ class RetrofitConfig:
     distill: float = field(0.0, help="share of the LM loss taken by distillation, KL(original || DMC) of the "
                                      "next-token distributions from the frozen original model; 0: plain "
                                      "cross-entropy, 1: distillation only")
-    train_params: Literal["all", "attention", "qk"] = field(
-        "all", help="which weights train: all, the attention projections, or only q/k projections "
-                    "(which hold the decision and importance channels)")
+    train_params: Literal["all", "attention", "qk", "decisions"] = field(
+        "all", help="which weights train: all, the attention projections, only q/k projections (which hold "
+                    "the decision and importance channels), or only the rows those channels are read from "
+                    "(decisions: the model stays the base model, only where to compress is learned)")
     short_seq_len: int | None = field(
         None, help="train stage 1 and the first short_seq_until of stage 2 on sequences this long, with the "
                    "same tokens per step (more sequences); None: seq_len throughout")

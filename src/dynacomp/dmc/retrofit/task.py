@@ -45,6 +45,8 @@ class RetrofitTask:
 
     def param_groups(self, model: nn.Module) -> list[dict]:
         """The trained subset (``train_params``); weight decay on matrices only."""
+        if self.config.train_params == "decisions":
+            return [{"params": channels.train_decision_rows_only(model, self.config.policy), "weight_decay": 0.0}]
         names = {"all": None, "attention": ("q_proj", "k_proj", "v_proj", "o_proj"), "qk": ("q_proj", "k_proj")}
         wanted = names[self.config.train_params]
         params = []
