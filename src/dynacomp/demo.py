@@ -3,10 +3,11 @@
 Loads the embedded SmolLM2-135M and the retrofitted adapter dynacomp ships (a small delta over it;
 no training), then side by side for the original model and the compressed one: greedy
 continuations of a few varied prompts with the KV bytes each cache holds, the realised
-compression ratio and tokens/s, and the perplexity of a held-out passage of a domain the retrofit
-never saw. Writes OUT/report.md and OUT/kv_ratio_heatmap.png (tokens per KV slot of every layer
-and KV head on the passage). ``--retrofit`` instead runs a few-minute retrofit from scratch (it
-reaches the ratio, not the quality: docs/results/dmc_retrofit.md has real runs).
+compression ratio and tokens/s, and the perplexity of held-out passages: one of a domain the
+retrofit never saw, one of a domain it trained on. Writes OUT/report.md and OUT/kv_ratio_heatmap.png
+(tokens per KV slot of every layer and KV head on the last passage). ``--retrofit`` instead runs a
+few-minute retrofit from scratch (it reaches the ratio, not the quality: docs/results/dmc_retrofit.md
+has real runs).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ PROMPTS = ("It is a truth universally acknowledged, that a single man in possess
            "To make a cup of tea, first boil the water, then")
 NEW_TOKENS = 120
 PASSAGE_TOKENS = 2048
+# Held-out test splits: one of a domain the adapter was retrofitted on (other chapters of the same
+# novels), one of a domain it never saw.
+PASSAGES = {"austen": "held out, trained domain", "manpages": "held out, domain never trained on"}
 
 
 def side_by_side(model, tokenizer, new_cache) -> dict:
@@ -62,20 +66,24 @@ def run(args: argparse.Namespace) -> int:
     from dynacomp.dmc.policies import DenseCache
     from dynacomp.dmc.retrofit import plot_cr_heatmap
     from dynacomp.io import cache_dir, write_text
-    from dynacomp.models import load_causal_lm
+    from dynacomp.models import DEFAULT_MODEL, load_causal_lm
 
     out = args.out or cache_dir("demo")
     started = time.perf_counter()
-    base, tokenizer = load_causal_lm("smollm2-135m")
+    base, tokenizer = load_causal_lm(DEFAULT_MODEL)
     dms, _ = load(SHIPPED)
     dense = {"original": side_by_side(base, tokenizer, lambda: DenseCache(config=base.config))}
     compressed = side_by_side(dms, tokenizer, dms.new_cache)
-    ids = torch.tensor(tokenizer(load_split("manpages", "test"), add_special_tokens=False)["input_ids"][:PASSAGE_TOKENS])
-    base_ppl, _ = passage_perplexity(base, ids, lambda: DenseCache(config=base.config))
-    dms_ppl, cache = passage_perplexity(dms, ids, dms.new_cache)
-    stats = cache.stats()
+    passages = {}
+    for corpus, label in PASSAGES.items():
+        ids = torch.tensor(tokenizer(load_split(corpus, "test"), add_special_tokens=False)["input_ids"][:PASSAGE_TOKENS])
+        base_ppl, _ = passage_perplexity(base, ids, lambda: DenseCache(config=base.config))
+        dms_ppl, cache = passage_perplexity(dms, ids, dms.new_cache)
+        passages[corpus] = {"text": f"{label}: {corpus} test split, first {ids.numel()} tokens", "original": base_ppl,
+                            "compressed": dms_ppl, "memory_ratio": cache.stats().memory_ratio}
     heatmap = out / "kv_ratio_heatmap.png"
-    plot_cr_heatmap(stats.per_layer_head, heatmap, f"{SHIPPED}: tokens per KV slot on {PASSAGE_TOKENS} held-out tokens")
+    plot_cr_heatmap(cache.stats().per_layer_head, heatmap,
+                    f"{SHIPPED}: tokens per KV slot on {PASSAGE_TOKENS} tokens of {corpus}")
     result = {
         "model": f"smollm2-135m and {SHIPPED}",
         "generation": [{"prompt": p, "original": a, "compressed": b}
@@ -83,8 +91,7 @@ def run(args: argparse.Namespace) -> int:
         "kv_bytes": {"original": dense["original"]["kv_bytes"], "compressed": compressed["kv_bytes"]},
         "memory_ratio": compressed["memory_ratio"],
         "tokens_per_s": {"original": dense["original"]["tokens_per_s"], "compressed": compressed["tokens_per_s"]},
-        "held_out_perplexity": {"text": f"manpages test split, first {ids.numel()} tokens (never trained on)",
-                                "original": base_ppl, "compressed": dms_ppl, "memory_ratio": stats.memory_ratio},
+        "held_out_perplexity": passages,
         "report": str(out / "report.md"), "seconds": time.perf_counter() - started,
     }
     write_text(out / "report.md", report_page(result, heatmap))
@@ -98,9 +105,8 @@ def report_page(result: dict, heatmap: Path) -> str:
              f"| KV bytes after {NEW_TOKENS} new tokens x {len(PROMPTS)} prompts | {result['kv_bytes']['original']:,} | "
              f"{result['kv_bytes']['compressed']:,} (memory ratio {result['memory_ratio']:.2f}) |",
              f"| tokens/s | {result['tokens_per_s']['original']:.1f} | {result['tokens_per_s']['compressed']:.1f} |",
-             f"| perplexity, {result['held_out_perplexity']['text']} | "
-             f"{result['held_out_perplexity']['original']:.2f} | {result['held_out_perplexity']['compressed']:.2f} "
-             f"(memory ratio {result['held_out_perplexity']['memory_ratio']:.2f}) |", ""]
+             *(f"| perplexity, {p['text']} | {p['original']:.2f} | {p['compressed']:.2f} "
+               f"(memory ratio {p['memory_ratio']:.2f}) |" for p in result["held_out_perplexity"].values()), ""]
     for g in result["generation"]:
         lines += [f"**{g['prompt']}**", "", f"- original: {g['original']!r}", f"- compressed: {g['compressed']!r}", ""]
     lines += [f"![tokens per KV slot]({heatmap.name})", ""]

@@ -155,7 +155,7 @@ def test_cli_eval_on_a_user_file(tmp_path, capsys, monkeypatch):
     result = json.loads(capsys.readouterr().out)
     assert loaded[0].model == "some-model"
     assert (result["method"], result["windows"], result["chunk"], result["data"]) == ("tova", 2, 4, str(data))
-    assert result["ratio"] == 2.0 and result["perplexity"] > 1
+    assert result["ratio"] == pytest.approx(2 * 128 / 136) and result["perplexity"] > 1   # slots carry 8 bytes of statistics
 
     args = parser.parse_args(["passkey", "--method", "streaming_llm", "--lengths", "64", "80", "--trials", "1"])
     args.func(args)

@@ -12,6 +12,7 @@ from dynacomp.console import add_json_flag, emit, format_mapping
 from dynacomp.dmc.config import DMCConfig
 from dynacomp.dmc.evaluation import bench as bench_module
 from dynacomp.dmc.evaluation.cli import register_eval
+from dynacomp.dmc.retrofit.config import CalibrateConfig
 from dynacomp.errors import Failure, UsageError
 
 RETROFIT_HELP = """\
@@ -49,8 +50,9 @@ def run_retrofit(args: argparse.Namespace) -> int:
 def run_calibrate(args: argparse.Namespace) -> int:
     from dynacomp.dmc.retrofit import calibrate, report_summary
 
-    report = calibrate(args.model, args.out, args.target_cr, base=args.base, data=args.data, tokens=args.tokens,
-                       context=args.context, eval_tokens=args.eval_tokens,
+    config = config_from_args(CalibrateConfig, args)
+    report = calibrate(config.model, args.out, config.target_cr, base=config.base, data=config.data,
+                       tokens=config.tokens, context=config.context, eval_tokens=config.eval_tokens,
                        command=shlex.join(["dynacomp", *sys.argv[1:]]))
     summary = report_summary(report) | {"decision_threshold": report["decision_threshold"], "out": str(args.out)}
     emit(report if args.json else summary, args.json, format_mapping)
@@ -112,14 +114,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "percent more or fewer slots. This bisects the threshold on the decision logit on the "
                     "validation split until the model realises --target-cr, saves OUT/model, and reports base and "
                     "DMC perplexity and the realised ratios on the test split (OUT/report.json, OUT/cr_heatmap.png).")
-    calibrate.add_argument("--model", required=True, help="a DMC checkpoint folder (e.g. RUN/model of a retrofit)")
-    calibrate.add_argument("--target-cr", type=float, required=True, help="the ratio to realise on held-out text")
     calibrate.add_argument("--out", type=Path, required=True, help="output folder")
-    calibrate.add_argument("--base", default="smollm2-135m", help="the unmodified model, for the base perplexity")
-    calibrate.add_argument("--data", default="english", help="corpus name or text file (as for retrofit)")
-    calibrate.add_argument("--tokens", type=int, default=4096, help="validation tokens for the bisection")
-    calibrate.add_argument("--context", type=int, default=512, help="window of every evaluation, in tokens")
-    calibrate.add_argument("--eval-tokens", type=int, default=16384, help="test tokens for the report")
+    add_config_args(calibrate, CalibrateConfig)
     add_json_flag(calibrate)
     calibrate.set_defaults(func=run_calibrate)
 

@@ -35,6 +35,7 @@ import torch
 from dynacomp.config import field, require_positive
 from dynacomp.dmc.cache import DMCCache
 from dynacomp.dmc.config import DMCConfig
+from dynacomp.models import DEFAULT_MODEL
 
 Method = Literal["hf_generate", "vanilla", "dmc"]
 METHODS: tuple[str, ...] = get_args(Method)
@@ -43,7 +44,7 @@ MAX_BATCH_TRIES = 8
 
 @dataclass
 class BenchConfig:
-    model: str = field("smollm2-135m", help="embedded name, model folder, or a DMC checkpoint folder")
+    model: str = field(DEFAULT_MODEL, help="embedded name, model folder, or a DMC checkpoint folder")
     batch: int = field(16, help="sequences decoded together")
     context: int = field(4096, help="prompt tokens per sequence before decoding starts")
     new_tokens: int = field(32, help="decode steps timed per method")

@@ -127,3 +127,22 @@ class RetrofitConfig:
         if stage == "retrofit":
             return self.ramp_from + (self.target_cr - self.ramp_from) * min(1.0, (step + 1) / self.retrofit_steps)
         return self.target_cr
+
+
+@dataclass
+class CalibrateConfig:
+    """``dmc calibrate``: tune a retrofitted checkpoint's decision threshold to a target ratio."""
+    model: str = field(None, help="a DMC / DMS checkpoint folder (e.g. RUN/model of a retrofit)")
+    target_cr: float = field(None, help="the ratio to realise on the validation split")
+    base: str = field(DEFAULT_MODEL, help="the unmodified model, for the base perplexity")
+    data: str = field("english", help="corpus name, mixture or text file (as for retrofit): calibrate on its "
+                                      "validation split, report on its test split")
+    tokens: int = field(4096, help="validation tokens for the bisection")
+    context: int = field(512, help="window of every evaluation, in tokens")
+    eval_tokens: int = field(16384, help="test tokens for the report")
+
+    def __post_init__(self) -> None:
+        if self.model is None or self.target_cr is None:
+            raise ValueError("calibrate needs --model and --target-cr")
+        if self.target_cr < 1:
+            raise ValueError(f"target_cr is a compression ratio and must be >= 1, got {self.target_cr}")
