@@ -66,7 +66,7 @@ def load_text(data: str, split: str) -> str:
         pieces = [[t[i:i + MIX_PIECE] for i in range(0, len(t), MIX_PIECE)] for t in texts]
         return "".join(piece for group in itertools.zip_longest(*pieces, fillvalue="") for piece in group)
     path = Path(data).expanduser()
-    if path.suffix or path.parent != Path("."):           # a path, not a corpus name
+    if path.is_file() or path.suffix or path.parent != Path("."):      # a path, not a corpus name
         text = read_text(path, "--data file")
         low, high = SPLIT_FRACTIONS[split]
         return text[int(low * len(text)):int(high * len(text))]
