@@ -61,9 +61,9 @@ def write_delta(model: nn.Module, base: nn.Module, path: str | Path, base_name: 
     base_state = base.state_dict()
     tensors, kept, total = {}, 0.0, 0.0
     for name, weight in model.state_dict().items():
-        if name not in base_state or weight.dtype.is_floating_point is False:
+        if name not in base_state or not weight.dtype.is_floating_point:
             continue
-        change = (weight.float() - base_state[name].float())
+        change = weight.float() - base_state[name].float()
         if not change.any():
             continue
         norm = float(change.norm()) ** 2
