@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from dynacomp.dmc import DMCConfig, convert, zero_decision_channels
-from dynacomp.dmc.modeling.attention import apply_rope
 
-from .tiny import decode_step_by_step, half_evicting_bias, half_merging_bias, tiny_model
+from .tiny import decode_step_by_step, half_evicting_bias, half_merging_bias, per_token_view, tiny_model
 
 
 def naive_dmc_attention(attn, hidden, cos, sin, config: DMCConfig):
@@ -16,12 +15,8 @@ def naive_dmc_attention(attn, hidden, cos, sin, config: DMCConfig):
     b, length, _ = hidden.shape
     d, hq, hk = attn.head_dim, attn.num_heads, attn.num_kv_heads
     g = hq // hk
-    q = attn.q_proj(hidden).view(b, length, hq, d)
-    k = attn.k_proj(hidden).view(b, length, hk, d)
-    v = attn.v_proj(hidden).view(b, length, hk, d)
+    q, k, v, rope = per_token_view(attn, hidden, cos, sin)
     out = torch.zeros(b, length, hq, d)
-    def rope(x, bi, t):
-        return apply_rope(x[None, None, None], cos[bi, t][None, None], sin[bi, t][None, None])[0, 0, 0]
     for bi in range(b):
         for j in range(hk):
             slots, run = [], []

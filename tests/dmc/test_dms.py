@@ -7,10 +7,9 @@ import pytest
 import torch
 
 from dynacomp.dmc import DMCConfig, convert, load, save
-from dynacomp.dmc.modeling.attention import apply_rope
 from dynacomp.dmc.modeling.channels import eviction_rows
 
-from .tiny import decode_step_by_step, half_evicting_bias, tiny_model
+from .tiny import decode_step_by_step, half_evicting_bias, per_token_view, tiny_model
 
 
 def dms_model(model_type="llama", window=4, seed=0, length=48, **config):
@@ -27,13 +26,8 @@ def naive_dms_attention(attn, hidden, cos, sin, config: DMCConfig):
     b, length, _ = hidden.shape
     d, hq, hk = attn.head_dim, attn.num_heads, attn.num_kv_heads
     g, w = hq // hk, config.eviction_window
-    q = attn.q_proj(hidden).view(b, length, hq, d)
-    k = attn.k_proj(hidden).view(b, length, hk, d)
-    v = attn.v_proj(hidden).view(b, length, hk, d)
+    q, k, v, rope = per_token_view(attn, hidden, cos, sin)
     out = torch.zeros(b, length, hq, d)
-
-    def rope(x, bi, t):
-        return apply_rope(x[None, None, None], cos[bi, t][None, None], sin[bi, t][None, None])[0, 0, 0]
 
     for bi in range(b):
         for j in range(hk):

@@ -56,3 +56,19 @@ def half_evicting_bias(model, ids, target: float = 0.5) -> float:
     for h in handles:
         h.remove()
     return float(torch.cat([c.flatten() for c in captured]).quantile(1 - target))
+
+
+def per_token_view(attn, hidden, cos, sin):
+    """What the per-token references read: q (B, L, Hq, D), k and v (B, L, H, D) straight from the
+    projections, and rope(x, b, t) rotating one head vector at position t of sequence b."""
+    from dynacomp.dmc.modeling.attention import apply_rope
+
+    b, length, _ = hidden.shape
+    d = attn.head_dim
+    q = attn.q_proj(hidden).view(b, length, attn.num_heads, d)
+    k = attn.k_proj(hidden).view(b, length, attn.num_kv_heads, d)
+    v = attn.v_proj(hidden).view(b, length, attn.num_kv_heads, d)
+
+    def rope(x, bi, t):
+        return apply_rope(x[None, None, None], cos[bi, t][None, None], sin[bi, t][None, None])[0, 0, 0]
+    return q, k, v, rope

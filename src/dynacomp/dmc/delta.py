@@ -41,18 +41,6 @@ def shipped(name: str | Path) -> Path | None:
     return path if str(name) in shipped_names() else None
 
 
-def _decision_rows(name: str, config, policy: str) -> list[int]:
-    """Rows of this weight that hold the policy's decision channels (stored exactly)."""
-    if not name.endswith("weight"):
-        return []
-    d = channels.head_dim(config)
-    if policy == "dms":
-        return channels.eviction_rows(config) if name.endswith("q_proj.weight") else []
-    if name.endswith(("q_proj.weight", "k_proj.weight")):
-        return list(range(d - 1, config.hidden_size if "q_proj" in name else config.num_key_value_heads * d, d))
-    return []
-
-
 @torch.no_grad()
 def write_delta(model: nn.Module, base: nn.Module, path: str | Path, base_name: str, rank: int = 32) -> dict:
     """Store ``model`` (converted, retrofitted) as a delta over ``base``; returns how much of the
@@ -72,7 +60,8 @@ def write_delta(model: nn.Module, base: nn.Module, path: str | Path, base_name: 
             tensors[f"{name}:full"] = change.to(torch.bfloat16)
             kept += norm
             continue
-        rows = _decision_rows(name, model.config, policy)
+        projection, kind = name.split(".")[-2:]
+        rows = channels.decision_rows(model.config, policy).get(projection, []) if kind == "weight" else []
         if rows:
             tensors[f"{name}:rows"] = torch.tensor(rows)
             tensors[f"{name}:row_values"] = change[rows].to(torch.bfloat16)

@@ -321,6 +321,7 @@ class Engine:
                             use_cache=True, logits_to_keep=1).logits[:, -1].float()
         now = time.monotonic()
         slots, held = self.cache.slots(seqs).sum((0, 2)), self.cache.tokens[seqs]
+        pages = self.cache.pages_held(seqs)
         for i, (request, n) in enumerate(rows):
             self.stats.prompt_tokens += max(0, min(request.fed + n, len(request.prompt)) - request.fed)
             request.fed += n
@@ -334,8 +335,8 @@ class Engine:
             request.token_times.append(now)
             request.first_token_time = request.first_token_time or now
             self.stats.generation_tokens += 1
-            request.peak_kv_bytes = max(request.peak_kv_bytes, int(self.cache.pages_held(seqs[i:i + 1])) *
-                                        self.page_bytes + self.state_bytes_per_seq)
+            request.peak_kv_bytes = max(request.peak_kv_bytes,
+                                        int(pages[i]) * self.page_bytes + self.state_bytes_per_seq)
             reason = self._stop_reason(request, token)
             outputs[request.id] = StepOutput(request, [token], reason)
             if reason is not None:

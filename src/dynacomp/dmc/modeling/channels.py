@@ -70,6 +70,16 @@ def eviction_rows(config) -> list[int]:
     return [kv * group * d + d - 1 for kv in range(config.num_key_value_heads)]
 
 
+def decision_rows(config, policy: str) -> dict[str, list[int]]:
+    """Output rows of the q / k projections that hold the policy's decision channels: DMC's last
+    channel of every query and KV head, DMS's eviction rows."""
+    if policy == "dms":
+        return {"q_proj": eviction_rows(config)}
+    d = head_dim(config)
+    return {"q_proj": list(range(d - 1, config.num_attention_heads * d, d)),
+            "k_proj": list(range(d - 1, config.num_key_value_heads * d, d))}
+
+
 def scale_decision_channel(heads_output: Tensor, dim: int, scale: float) -> Tensor:
     """What produces pre-RoPE q / k, (B, L, heads * D) or (B, L, heads, D), with the last channel
     of every head times ``scale`` (the retrofit's forward hook)."""
@@ -161,17 +171,12 @@ def train_decision_rows_only(model: nn.Module, policy: str) -> list[Tensor]:
     gradients to those rows: the model itself stays the base model (with the read channels
     zeroed), only where it compresses is learned. Returns the trained weights (no weight decay:
     it would shrink the frozen rows too)."""
-    d = head_dim(model.config)
     for param in model.parameters():
         param.requires_grad_(False)
     trained = []
     for layer in model.model.layers:
-        attn = layer.self_attn
-        projections = {"q_proj": eviction_rows(model.config)} if policy == "dms" else {
-            "q_proj": list(range(d - 1, attn.q_proj.out_features, d)),
-            "k_proj": list(range(d - 1, attn.k_proj.out_features, d))}
-        for name, rows in projections.items():
-            weight = getattr(attn, name).weight
+        for name, rows in decision_rows(model.config, policy).items():
+            weight = getattr(layer.self_attn, name).weight
             mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype)
             mask[rows] = 1
             weight.requires_grad_(True)
