@@ -33,9 +33,10 @@ def half_merging_bias(model, ids, target: float = 0.5) -> float:
 
 
 
-def decode_step_by_step(model, ids, prefix: int):
-    """Logits of a prefill of ``prefix`` tokens, then one token per forward, and the cache."""
-    cache = model.new_cache()
+def decode_step_by_step(model, ids, prefix: int, dtype: torch.dtype | None = None):
+    """Logits of a prefill of ``prefix`` tokens, then one token per forward, and the cache (pages
+    in ``dtype``, default the model's)."""
+    cache = model.new_cache(dtype)
     with torch.no_grad():
         logits = [model(ids[:, :prefix], cache=cache).logits]
         for t in range(prefix, ids.shape[1]):

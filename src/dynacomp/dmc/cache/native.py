@@ -4,8 +4,9 @@ One call per layer reads every row's pages through its block table with an onlin
 where the PyTorch path (``DMCLayer.attend``) scores each page separately and then combines the
 partial results in a dozen further ops. It is built on first use with PyTorch's C++ extension
 loader (a C++ compiler is needed; about 30 s once, then cached under ``$TORCH_EXTENSIONS_DIR``).
-Where it cannot be built, for dtypes other than float32, head sizes other than 64 and 128, or
-with ``DYNACOMP_NATIVE=0`` in the environment, the PyTorch path is used.
+It reads float32, bfloat16 and float16 pages and computes in float32. Where it cannot be built,
+off the CPU, for other dtypes, head sizes other than 64 and 128, or with ``DYNACOMP_NATIVE=0`` in
+the environment, the PyTorch path is used.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ HEAD_SIZES = (64, 128)
 
 # Vector instructions per PyTorch CPU capability; the capability is part of the extension's name, so
 # a build cached on one machine is not loaded on a machine without those instructions.
-_X86_FLAGS = {"AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma"],
-              "AVX2": ["-mavx2", "-mfma"]}
+# F16C (every AVX2 CPU has it) turns a float16 to float32 conversion into one instruction.
+_X86_FLAGS = {"AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c"],
+              "AVX2": ["-mavx2", "-mfma", "-mf16c"]}
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 @functools.cache
@@ -64,13 +67,14 @@ def _announce_first_build(name: str) -> None:
 
 def supports(pool: Tensor) -> bool:
     """Whether the native kernel can decode over ``pool`` (N, P, D)."""
-    return (pool.device.type == "cpu" and pool.dtype == torch.float32 and pool.shape[-1] in HEAD_SIZES
+    return (pool.device.type == "cpu" and pool.dtype in DTYPES and pool.shape[-1] in HEAD_SIZES
             and _extension() is not None)
 
 
 def paged_decode_attention(queries: Tensor, k_pool: Tensor, v_pool: Tensor, block_table: Tensor,
                            visible: Tensor, scale: float) -> Tensor:
     """Softmax attention of each row's queries (R, M, D) over its first ``visible`` (R,) slots,
-    found through ``block_table`` (R, pages) in the pools (N, P, D). Rows with nothing visible get 0."""
+    found through ``block_table`` (R, pages) in the pools (N, P, D). Returns float32 (R, M, D);
+    rows with nothing visible get 0."""
     return _extension().paged_decode_attention(queries.float().contiguous(), k_pool, v_pool,
                                                block_table, visible.contiguous(), scale)

@@ -110,10 +110,11 @@ class PagedLayer(CacheLayerMixin):
     (``_row_state``). Every method takes the batch's sequence ids ``seqs`` (B,); tensors of a chunk
     are (B, H, ...). Subclasses say how a chunk and a decoded token are written."""
 
-    def __init__(self, page_size: int, window: int):
+    def __init__(self, page_size: int, window: int, dtype: torch.dtype | None = None):
         super().__init__()
         self.page_size = page_size
         self.window = window
+        self.pool_dtype = dtype                    # of the pages; None: the keys' dtype
         self.heads = 0
         self.rows = 0
         self._slots: Tensor | None = None          # (R,) slots stored per row
@@ -135,13 +136,14 @@ class PagedLayer(CacheLayerMixin):
     # -- transformers' CacheLayerMixin ---------------------------------------------------------
 
     def lazy_initialization(self, key_states: Tensor, value_states: Tensor | None = None) -> None:
-        """key_states: (B, H, L, D), only for sizes, dtype and device; rows grow with ``reserve``."""
+        """key_states: (B, H, L, D), only for sizes, dtype (unless the layer has its own) and device;
+        rows grow with ``reserve``."""
         self.heads, dim = key_states.shape[1], key_states.shape[-1]
-        self.dtype, self.device = key_states.dtype, key_states.device
+        self.dtype, self.device = self.pool_dtype or key_states.dtype, key_states.device
         self._slots = torch.zeros(0, dtype=torch.long, device=self.device)
         self._block_table = torch.full((0, 0), -1, dtype=torch.long, device=self.device)
-        self._k_pool = key_states.new_zeros(0, self.page_size, dim)
-        self._v_pool = key_states.new_zeros(0, self.page_size, dim)
+        self._k_pool = key_states.new_zeros(0, self.page_size, dim, dtype=self.dtype)
+        self._v_pool = key_states.new_zeros(0, self.page_size, dim, dtype=self.dtype)
         self._page_row = torch.zeros(0, dtype=torch.long, device=self.device)
         self._page_index = torch.zeros(0, dtype=torch.long, device=self.device)
         state = self._row_state(key_states)
@@ -163,7 +165,7 @@ class PagedLayer(CacheLayerMixin):
         return -1
 
     def reset(self) -> None:
-        self.__init__(self.page_size, self.window)
+        self.__init__(self.page_size, self.window, self.pool_dtype)
 
     # -- rows -----------------------------------------------------------------------------------
 
@@ -414,8 +416,8 @@ class DMCCache(Cache):
     """
 
     def __init__(self, num_layers: int, page_size: int = DMCConfig.page_size, window: int = DMCConfig.window,
-                 layer_class: type[PagedLayer] = DMCLayer):
-        super().__init__(layers=[layer_class(page_size, window) for _ in range(num_layers)])
+                 layer_class: type[PagedLayer] = DMCLayer, dtype: torch.dtype | None = None):
+        super().__init__(layers=[layer_class(page_size, window, dtype) for _ in range(num_layers)])
         self.seen = 0                                        # token positions fed, padding included
         self.tokens = torch.zeros(0, dtype=torch.long)       # (S,) real tokens stored per sequence id
         self.finished = torch.zeros(0, dtype=torch.bool)     # (S,) freed: later tokens are not stored
@@ -424,15 +426,16 @@ class DMCCache(Cache):
         self.heads_per_layer = 0                             # KV heads, known from the model (for_model)
 
     @classmethod
-    def for_model(cls, model) -> DMCCache:
-        """The cache of a converted model's policy: DMC's merging layers, or DMS's evicting ones."""
+    def for_model(cls, model, dtype: torch.dtype | None = None) -> DMCCache:
+        """The cache of a converted model's policy: DMC's merging layers, or DMS's evicting ones;
+        pages in ``dtype`` (default: the model's)."""
         from dynacomp.dmc.cache.dms import DMSLayer
 
         config, layers = model.dmc_config, model.config.num_hidden_layers
         if config.policy == "dms":
-            cache = cls(layers, config.page_size, config.eviction_window, DMSLayer)
+            cache = cls(layers, config.page_size, config.eviction_window, DMSLayer, dtype)
         else:
-            cache = cls(layers, config.page_size, config.window)
+            cache = cls(layers, config.page_size, config.window, dtype=dtype)
         cache.heads_per_layer = model.config.num_key_value_heads
         return cache
 
@@ -542,7 +545,7 @@ class DMCCache(Cache):
         total = 0
         for layer in self.layers:
             if layer.is_initialized and layer.rows >= (int(seqs.max()) + 1) * layer.heads:
-                count = layer.slots_of(seqs)                                       # (B, H)
+                count = layer.slots_of(seqs).to(tokens.device)                     # (B, H)
             else:
                 count = torch.zeros(seqs.numel(), self.heads_per_layer, dtype=torch.long)
             after = count + tokens[:, None]

@@ -56,8 +56,9 @@ class DMCModelMixin:
 
     dmc_config: DMCConfig
 
-    def new_cache(self) -> DMCCache:
-        return DMCCache.for_model(self)
+    def new_cache(self, dtype: torch.dtype | None = None) -> DMCCache:
+        """An empty cache whose pages hold ``dtype`` (default: the model's dtype)."""
+        return DMCCache.for_model(self, dtype)
 
     def forward(self, *args, cache=None, past_key_values=None, use_cache=None, seqs=None, **kwargs):
         """transformers' forward with a DMCCache; ``seqs`` (B,) names the cache's sequence of every

@@ -1,24 +1,37 @@
 // DMC decoding attention on CPU in one call per layer: every row (sequence x KV head) reads its
 // pages through its block table with an online softmax, so no per-page partial results are
 // written out and combined, and K/V are read once for all query heads of the KV head.
-// Built by dynacomp/dmc/native.py; the PyTorch path in cache.py computes the same thing.
+// Pages are float32, bfloat16 or float16; queries, scores and sums are float32.
+// Built by dynacomp/dmc/cache/native.py; the PyTorch path in paged.py computes the same thing.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 namespace {
 
+// A page's keys or values as float32: float32 pages are read in place; others are widened once
+// per page into `buffer` (a shift for bfloat16, which the compiler vectorises), then read by all
+// the KV head's query heads.
+inline const float* widen(const float* page, float*, int64_t) { return page; }
+
+template <typename T>
+const float* widen(const T* __restrict__ page, float* __restrict__ buffer, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) buffer[i] = static_cast<float>(page[i]);
+  return buffer;
+}
+
 // Rows [begin, end). Head size is a template parameter so the inner loops vectorise fully.
-template <int DIM>
-void attend_rows(const float* __restrict__ queries, const float* __restrict__ k_pool,
-                 const float* __restrict__ v_pool, const int64_t* block_table, const int64_t* visible,
-                 float* __restrict__ out, int64_t heads, int64_t page, int64_t pages_per_row,
-                 int64_t pool_pages, float scale, int64_t begin, int64_t end) {
+template <int DIM, typename T>
+void attend_rows(const float* __restrict__ queries, const T* __restrict__ k_pool, const T* __restrict__ v_pool,
+                 const int64_t* block_table, const int64_t* visible, float* __restrict__ out, int64_t heads,
+                 int64_t page, int64_t pages_per_row, int64_t pool_pages, float scale, int64_t begin, int64_t end) {
   std::vector<float> prob_buffer(heads * page), running_max(heads), denominator(heads);
+  std::vector<float> k_buffer(std::is_same_v<T, float> ? 0 : page * DIM), v_buffer(k_buffer.size());
   float* __restrict__ prob = prob_buffer.data();
   for (int64_t row = begin; row < end; ++row) {
     const int64_t slots = visible[row];
@@ -31,8 +44,8 @@ void attend_rows(const float* __restrict__ queries, const float* __restrict__ k_
       const int64_t id = block_table[row * pages_per_row + first / page];
       TORCH_CHECK(id >= 0 && id < pool_pages, "DMC block table points outside the page pool");
       const int64_t count = std::min(page, slots - first);
-      const float* __restrict__ k = k_pool + id * page * DIM;
-      const float* __restrict__ v = v_pool + id * page * DIM;
+      const float* __restrict__ k = widen(k_pool + id * page * DIM, k_buffer.data(), count * DIM);
+      const float* __restrict__ v = widen(v_pool + id * page * DIM, v_buffer.data(), count * DIM);
       for (int64_t m = 0; m < heads; ++m) {
         const float* __restrict__ qm = q + m * DIM;
         float* __restrict__ p = prob + m * page;
@@ -64,34 +77,60 @@ void attend_rows(const float* __restrict__ queries, const float* __restrict__ k_
   }
 }
 
-// queries (R, M, D), k_pool and v_pool (N, P, D), block_table (R, pages) int64, visible (R,)
-// int64: softmax attention of row r's M queries over its first visible[r] slots. Returns
-// (R, M, D); rows with nothing visible get 0.
+// First row of each of `parts` runs of rows holding about equal work (slots read, plus a page's
+// worth per row for its fixed cost), and `rows` at the end: DMC's rows are ragged, one head may
+// keep ten times the slots of another, so equal counts of rows would leave threads idle.
+std::vector<int64_t> balanced_split(const int64_t* visible, int64_t rows, int64_t page, int64_t parts) {
+  std::vector<int64_t> work(rows + 1, 0);
+  for (int64_t r = 0; r < rows; ++r) work[r + 1] = work[r] + visible[r] + page;
+  std::vector<int64_t> first(parts + 1, rows);
+  for (int64_t part = 0; part < parts; ++part)
+    first[part] = std::lower_bound(work.begin(), work.end() - 1, work[rows] * part / parts) - work.begin();
+  return first;
+}
+
+// queries (R, M, D) float32, k_pool and v_pool (N, P, D) float32 / bfloat16 / float16, block_table
+// (R, pages) int64, visible (R,) int64: softmax attention of row r's M queries over its first
+// visible[r] slots. Returns (R, M, D) float32; rows with nothing visible get 0.
 torch::Tensor paged_decode_attention(const torch::Tensor& queries, const torch::Tensor& k_pool,
                                      const torch::Tensor& v_pool, const torch::Tensor& block_table,
                                      const torch::Tensor& visible, double scale) {
   for (const auto* t : {&queries, &k_pool, &v_pool, &block_table, &visible})
     TORCH_CHECK(t->device().is_cpu() && t->is_contiguous(), "paged_decode_attention: contiguous CPU tensors");
-  TORCH_CHECK(queries.scalar_type() == at::kFloat && k_pool.scalar_type() == at::kFloat &&
-              v_pool.scalar_type() == at::kFloat, "paged_decode_attention: float32 queries and pools");
+  TORCH_CHECK(queries.scalar_type() == at::kFloat && k_pool.scalar_type() == v_pool.scalar_type(),
+              "paged_decode_attention: float32 queries and pools of one dtype");
   TORCH_CHECK(block_table.scalar_type() == at::kLong && visible.scalar_type() == at::kLong,
               "paged_decode_attention: int64 block table and slot counts");
   TORCH_CHECK(queries.dim() == 3 && k_pool.dim() == 3 && k_pool.sizes() == v_pool.sizes() &&
               k_pool.size(2) == queries.size(2) && block_table.size(0) == queries.size(0) &&
               visible.numel() == queries.size(0), "paged_decode_attention: shapes do not match");
-  const int64_t rows = queries.size(0), heads = queries.size(1), dim = queries.size(2);
+  const int64_t rows = queries.size(0), heads = queries.size(1), dim = queries.size(2), page = k_pool.size(1);
   auto out = torch::zeros_like(queries);
-  auto run = [&](auto attend) {
-    at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-      attend(queries.data_ptr<float>(), k_pool.data_ptr<float>(), v_pool.data_ptr<float>(),
-             block_table.data_ptr<int64_t>(), visible.data_ptr<int64_t>(), out.data_ptr<float>(), heads,
-             k_pool.size(1), block_table.size(1), k_pool.size(0), static_cast<float>(scale), begin, end);
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(rows, at::get_num_threads()));
+  const auto first = balanced_split(visible.data_ptr<int64_t>(), rows, page, parts);
+  auto run = [&](auto attend, const auto* k, const auto* v) {
+    at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t part = begin; part < end; ++part)
+        attend(queries.data_ptr<float>(), k, v, block_table.data_ptr<int64_t>(), visible.data_ptr<int64_t>(),
+               out.data_ptr<float>(), heads, page, block_table.size(1), k_pool.size(0), static_cast<float>(scale),
+               first[part], first[part + 1]);
     });
   };
-  switch (dim) {
-    case 64: run(attend_rows<64>); break;
-    case 128: run(attend_rows<128>); break;
-    default: TORCH_CHECK(false, "paged_decode_attention: head size 64 or 128, got ", dim);
+  auto by_dim = [&](auto typed) {
+    using T = decltype(typed);
+    const T* k = k_pool.data_ptr<T>();
+    const T* v = v_pool.data_ptr<T>();
+    switch (dim) {
+      case 64: run(attend_rows<64, T>, k, v); break;
+      case 128: run(attend_rows<128, T>, k, v); break;
+      default: TORCH_CHECK(false, "paged_decode_attention: head size 64 or 128, got ", dim);
+    }
+  };
+  switch (k_pool.scalar_type()) {
+    case at::kFloat: by_dim(float()); break;
+    case at::kBFloat16: by_dim(at::BFloat16()); break;
+    case at::kHalf: by_dim(at::Half()); break;
+    default: TORCH_CHECK(false, "paged_decode_attention: float32, bfloat16 or float16 pools, got ", k_pool.scalar_type());
   }
   return out;
 }
