@@ -11,6 +11,9 @@ measures vanilla and DMC at the given ratios in one worker with their steps take
 
     python benchmarks/dmc_throughput.py --contexts 4096 --methods --paired 1 2 4 8 --new-tokens 32 \
         --out docs/results/dmc_paired_4096.md
+
+``--dtype bfloat16`` runs every method's weights and caches in bfloat16; ``--device cuda`` runs on a GPU
+(peak memory is then the CUDA allocator's, not the resident set).
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ import shlex
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import get_args
 
 from common import machine
 
 from dynacomp.dmc.config import DMCConfig
 from dynacomp.dmc.evaluation.bench import BenchConfig, measure_in_worker, run
 from dynacomp.io import figure, write_json, write_text
+from dynacomp.runtime import DTYPES, Device
 
 
 def main() -> None:
@@ -38,6 +43,8 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--methods", nargs="*", default=list(BenchConfig.methods), choices=list(BenchConfig.methods))
     parser.add_argument("--page-size", type=int, default=DMCConfig.page_size)
+    parser.add_argument("--device", default=BenchConfig.device, choices=get_args(Device))
+    parser.add_argument("--dtype", default=BenchConfig.dtype, choices=list(DTYPES))
     parser.add_argument("--kv-budget-gb", type=float, default=0.0,
                         help="also find each method's largest batch within this KV budget, at the shortest context "
                              "(the prefill of a large batch at the longest one would dominate the run)")
@@ -52,6 +59,7 @@ def main() -> None:
     for context in args.contexts:
         config = BenchConfig(model=args.model, batch=args.batch, context=context, new_tokens=args.new_tokens,
                              cr=tuple(args.crs), methods=tuple(args.methods), page_size=args.page_size,
+                             device=args.device, dtype=args.dtype,
                              kv_budget_gb=args.kv_budget_gb if context == min(args.contexts) else 0.0)
         result = run(config, progress=lambda r: print(f"{r['context']:>6} {r['method']:<12} cr {r['cr']:.2f}: "
                                                       f"{r['tokens_per_s']:.1f} tok/s", file=sys.stderr))
@@ -61,23 +69,25 @@ def main() -> None:
     paired = measure_in_worker("paired", args.paired, replace(config, context=max(args.contexts))) if args.paired else None
 
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-    host = machine()
+    host = machine(args.device)
     date = datetime.date.today().isoformat()
     lines = [f"# DMC decode throughput\n\nCommand: `{command}`  \nMachine: {host}  \nDate: {date}  \n"
-             f"Model: {args.model}, batch {args.batch}, {args.new_tokens} timed decode steps (medians), "
-             f"page size {args.page_size}.\n"]
+             f"Model: {args.model} in {args.dtype} on {args.device}, batch {args.batch}, {args.new_tokens} timed "
+             f"decode steps (medians), page size {args.page_size}.\n"]
     if rows:
-        lines += ["| context | method | ratio | tokens/s | s/step | attention share | KV MiB | peak RSS MiB "
-                  "| × generate | × vanilla |", "|---|---|---|---|---|---|---|---|---|---|"]
+        memory = "peak GPU MiB" if args.device == "cuda" else "peak RSS MiB"
+        lines += [f"| context | method | ratio | tokens/s | s/step | attention share | KV MiB | {memory} "
+                  "| × generate | × static | × vanilla |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         def times(r: dict, reference: str) -> str:   # "–" where that method was not run
             return f"{r[f'speedup_vs_{reference}']:.2f}" if f"speedup_vs_{reference}" in r else "–"
 
         lines += [f"| {r['context']} | {r['method']} | {r['cr']:.2f} | {r['tokens_per_s']:.1f} | "
                   f"{r['step_seconds']:.3f} | {r['attention_share']:.0%} | {r['kv_bytes'] / 2**20:.0f} | "
-                  f"{r['peak_rss_bytes'] / 2**20:.0f} | {times(r, 'hf_generate')} | {times(r, 'vanilla')} |"
+                  f"{r['peak_memory_bytes'] / 2**20:.0f} | {times(r, 'hf_generate')} | {times(r, 'hf_static')} | "
+                  f"{times(r, 'vanilla')} |"
                   for r in rows]
         plot = args.out.parent / f"{args.out.stem}_throughput.png"
-        plot_throughput(rows, plot, title=f"{args.model}, batch {args.batch}")
+        plot_throughput(rows, plot, title=f"{args.model}, batch {args.batch}, {args.dtype}")
         lines.append(f"\n![throughput]({plot.name})")
     if budgets:
         lines += [f"\n## Largest batch within {args.kv_budget_gb} GiB of KV cache (context {min(args.contexts)})\n",
@@ -115,7 +125,7 @@ def plot_throughput(rows: list[dict], path: Path, title: str) -> None:
             dmc = sorted((r["cr"], r["tokens_per_s"]) for r in rows if r["method"] == "dmc")
             if dmc:
                 axis.plot(*zip(*dmc), marker="o", label="dmc")
-            for r, style in zip((r for r in rows if r["method"] != "dmc"), ("--", ":")):
+            for r, style in zip((r for r in rows if r["method"] != "dmc"), ("--", ":", "-.")):
                 axis.axhline(r["tokens_per_s"], linestyle=style, color="grey", label=r["method"])
             axis.set_xscale("log", base=2)
             axis.set_xticks([x for x, _ in dmc], [f"{x:.0f}" for x, _ in dmc], minor=False)

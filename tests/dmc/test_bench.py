@@ -1,20 +1,25 @@
 import pytest
+import torch
 
 from dynacomp.dmc.evaluation.bench import BenchConfig, measure, measure_paired
+from dynacomp.errors import Failure
 
 
-@pytest.mark.parametrize("method", ["hf_generate", "vanilla", "dmc"])
-def test_measure_reports_throughput_and_memory(method, smollm2):
-    config = BenchConfig(batch=2, context=64, new_tokens=3, cr=(4.0,), page_size=4)
+@pytest.mark.parametrize("dtype, element", [("float32", 4), ("bfloat16", 2)])
+@pytest.mark.parametrize("method", ["hf_generate", "hf_static", "vanilla", "dmc"])
+def test_measure_reports_throughput_and_memory(method, dtype, element, smollm2):
+    config = BenchConfig(batch=2, context=64, new_tokens=3, cr=(4.0,), page_size=4, dtype=dtype)
     row = measure(method, 4.0, config)
     assert row["steps"] == 3 and row["tokens_per_s"] > 0 and 0 < row["attention_share"] < 1
-    # batch x layers x KV heads x tokens (prompt, one untimed and three timed steps) x dim x fp32 x (K, V)
-    dense = 2 * 30 * 3 * (64 + 1 + 3) * 64 * 4 * 2
+    assert row["peak_memory_bytes"] > 0 and (row["device"], row["dtype"]) == ("cpu", dtype)
+    # every method's cache in the dtype: batch x layers x KV heads x tokens (prompt, one untimed
+    # and three timed steps) x dim x element x (K, V)
+    dense = 2 * 30 * 3 * (64 + 1 + 3) * 64 * element * 2
     if method == "dmc":
         assert row["cr"] == pytest.approx(4.0, abs=0.3)
         # per (sequence, layer, KV head): 17 slots in five pages of 4, and an open run of 11
-        # entries of K and V (512 bytes) with an fp32 weight each
-        assert row["kv_bytes"] == 2 * 30 * 3 * (5 * 4 * 512 + 11 * (512 + 4))
+        # entries of K and V with an fp32 weight each
+        assert row["kv_bytes"] == 2 * 30 * 3 * (5 * 4 + 11) * 128 * element + 2 * 30 * 3 * 11 * 4
     else:
         assert row["kv_bytes"] == dense
 
@@ -68,8 +73,11 @@ def test_max_batch_stops_after_its_tries_when_the_cache_never_grows(monkeypatch)
     assert row["max_batch"] > 11 and row["kv_bytes"] == 1
 
 
-def test_bench_config_refuses_unknown_methods_and_ratios():
+def test_bench_config_refuses_unknown_methods_ratios_and_a_missing_device():
     with pytest.raises(ValueError, match="unknown methods"):
         BenchConfig(methods=("vanila",))
     with pytest.raises(ValueError, match="ratios >= 1"):
         BenchConfig(cr=(0.5,))
+    if not torch.cuda.is_available():
+        with pytest.raises(Failure, match="CUDA is not available"):
+            BenchConfig(device="cuda")

@@ -53,7 +53,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     config = config_from_args(CalibrateConfig, args)
     report = calibrate(config.model, args.out, config.target_cr, base=config.base, data=config.data,
                        tokens=config.tokens, context=config.context, eval_tokens=config.eval_tokens,
-                       command=shlex.join(["dynacomp", *sys.argv[1:]]))
+                       command=shlex.join(["dynacomp", *sys.argv[1:]]), device=config.device)
     summary = report_summary(report) | {"decision_threshold": report["decision_threshold"], "out": str(args.out)}
     emit(report if args.json else summary, args.json, format_mapping)
     return 0
@@ -141,8 +141,8 @@ def run_bench(args: argparse.Namespace) -> int:
     config = config_from_args(bench_module.BenchConfig, args)
     result = bench_module.run(config, progress=lambda r: print(
         f"{r['method']:<12} ratio {r['cr']:.2f}: {r['tokens_per_s']:.1f} tokens/s", file=sys.stderr))
-    columns = ("method", "cr", "tokens_per_s", "step_seconds", "attention_share", "kv_bytes", "peak_rss_bytes",
-               "speedup_vs_hf_generate", "speedup_vs_vanilla")
+    columns = ("method", "cr", "tokens_per_s", "step_seconds", "attention_share", "kv_bytes", "peak_memory_bytes",
+               "speedup_vs_hf_generate", "speedup_vs_hf_static", "speedup_vs_vanilla")
     emit(result, args.json, lambda r: "\n".join(
         "  ".join(f"{c}={row[c]:.4g}" if isinstance(row.get(c), float) else f"{c}={row.get(c)}" for c in columns)
         for row in r["rows"]))

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from dynacomp.config import add_config_args, config_from_args, field
 from dynacomp.console import add_json_flag, emit, format_mapping
 from dynacomp.models import DEFAULT_MODEL
+from dynacomp.runtime import Device, check_device
 
 UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
@@ -48,9 +49,12 @@ class ServeConfig:
     port: int = field(8000, help="port")
     api_key: str | None = field(None, help="if set, /v1/ requests need Authorization: Bearer API_KEY")
     served_name: str | None = field(None, help="the model name clients use (default: MODEL)")
+    device: Device = field("cpu", help="where the model and its KV pool run (on CUDA, decoding reads the pages "
+                                       "through the cache's PyTorch path)")
 
     def __post_init__(self) -> None:
         parse_bytes(self.kv_budget)
+        check_device(self.device)
         if self.dense and self.force_cr is not None:
             raise ValueError("--dense and --force-cr contradict each other")
 
@@ -70,18 +74,20 @@ def load_engine(config: ServeConfig):
         model = convert(model, DMCConfig(force_cr=config.force_cr, **overrides))
     if tokenizer is None:
         raise ValueError(f"{config.model} holds no tokenizer: save the checkpoint with its tokenizer")
+    model.to(config.device)
     engine_config = EngineConfig(kv_budget=parse_bytes(config.kv_budget), max_num_seqs=config.max_num_seqs,
                                  max_batched_tokens=config.max_batched_tokens)
     return Engine(model, tokenizer, engine_config, name=config.served_name or config.model)
 
 
 def run_server(args: argparse.Namespace) -> int:
+    config = config_from_args(ServeConfig, args)   # bad options fail before the server's imports
+
     import uvicorn
 
     from dynacomp.serve.async_engine import AsyncEngine
     from dynacomp.serve.server import create_app
 
-    config = config_from_args(ServeConfig, args)
     engine = AsyncEngine(load_engine(config), max_waiting=config.max_waiting)
     app = create_app(engine, engine.engine.name, config.api_key, config.max_tokens_cap)
     try:

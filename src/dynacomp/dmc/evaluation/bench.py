@@ -2,15 +2,19 @@
 
 Methods, each measured in a fresh worker process (so its peak memory is its own):
 
-* ``hf_generate``: transformers' ``generate`` with its default dynamic cache;
-* ``vanilla``: dynacomp's own greedy decode loop over the plain model and a dense cache
-  allocated once for the whole run (transformers' ``StaticCache``; ``generate``'s default cache
-  instead grows by concatenation, copying every layer's keys and values at every step);
+* ``hf_generate``: transformers' ``generate`` with its default dynamic cache, which grows by
+  concatenation, copying every layer's keys and values at every step;
+* ``hf_static``: ``generate`` with a ``StaticCache`` allocated once for the whole run (the fair
+  dense anchor);
+* ``vanilla``: dynacomp's own greedy decode loop over the plain model and the same ``StaticCache``;
 * ``dmc``: the same loop over the DMC model and a ``DMCCache`` (``force_cr`` = the ratio, or a
   retrofitted checkpoint's own decisions).
 
 Per method: median time per decode step, tokens/s (batch / step time), the share of that time
-spent in attention modules (timed by hooks), KV-cache bytes, and the worker's peak memory.
+spent in attention modules (timed by hooks), KV-cache bytes, and the worker's peak memory (its
+resident set on CPU, the CUDA allocator's peak on a GPU). Every method runs in the same
+``--dtype``, weights and caches alike, on the same ``--device``; on CUDA every clock reading
+waits for the device first.
 ``measure_paired`` runs the dense loop and DMC at several ratios in one process with their steps
 taken in turn, for comparisons that must not depend on the machine's drift between workers.
 ``max_batch`` answers the paper's headline question: how many sequences fit a KV budget, and how
@@ -22,7 +26,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import resource
 import statistics
 import subprocess
 import sys
@@ -36,8 +39,9 @@ from dynacomp.config import field, require_positive
 from dynacomp.dmc.cache import DMCCache
 from dynacomp.dmc.config import DMCConfig
 from dynacomp.models import DEFAULT_MODEL
+from dynacomp.runtime import DTYPES, Device, Dtype, check_device, peak_memory_bytes, synchronize
 
-Method = Literal["hf_generate", "vanilla", "dmc"]
+Method = Literal["hf_generate", "hf_static", "vanilla", "dmc"]
 METHODS: tuple[str, ...] = get_args(Method)
 MAX_BATCH_TRIES = 8
 
@@ -50,9 +54,11 @@ class BenchConfig:
     new_tokens: int = field(32, help="decode steps timed per method")
     cr: tuple[float, ...] = field((4.0,), help="DMC compression ratios (force_cr; ignored for a "
                                                  "retrofitted checkpoint, which uses its own decisions)")
-    methods: tuple[str, ...] = field(("hf_generate", "vanilla", "dmc"), help="methods to measure")
+    methods: tuple[str, ...] = field(METHODS, help="methods to measure")
     page_size: int = field(DMCConfig.page_size, help="DMC cache page size (slots)")
     threads: int = field(0, help="torch threads per worker (0: torch's default)")
+    device: Device = field("cpu", help="where every method runs")
+    dtype: Dtype = field("float32", help="weights and KV caches of every method, dense and DMC alike")
     kv_budget_gb: float = field(0.0, help="if > 0: also find each method's largest batch within this "
                                           "KV-cache budget and measure its throughput there")
 
@@ -63,6 +69,7 @@ class BenchConfig:
             raise ValueError(f"unknown methods {sorted(unknown)}; known: {', '.join(METHODS)}")
         if not self.cr or min(self.cr) < 1:
             raise ValueError(f"cr needs one or more ratios >= 1, got {self.cr}")
+        check_device(self.device)
 
 
 def prompt_ids(tokenizer, batch: int, context: int) -> torch.Tensor:
@@ -77,20 +84,39 @@ def prompt_ids(tokenizer, batch: int, context: int) -> torch.Tensor:
 
 
 class _AttentionTimer:
-    """Forward hooks that add up the wall time spent inside attention modules."""
+    """Forward hooks that add up the time spent inside attention modules: by the wall clock on CPU,
+    by CUDA events on a GPU, read only once the device has finished (a hook that waited for the
+    device would slow the step it measures)."""
 
-    def __init__(self, modules):
-        self.seconds = 0.0
-        self.handles = []
+    def __init__(self, modules, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.spans: list[tuple] = []      # (start, end) of each call: clock readings or CUDA events
         for module in modules:
-            self.handles.append(module.register_forward_pre_hook(self._start))
-            self.handles.append(module.register_forward_hook(self._stop))
+            module.register_forward_pre_hook(self._start)
+            module.register_forward_hook(self._stop)
+
+    def _now(self):
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
 
     def _start(self, module, args):
-        module._bench_start = time.perf_counter()
+        module._bench_start = self._now()
 
     def _stop(self, module, args, output):
-        self.seconds += time.perf_counter() - module._bench_start
+        self.spans.append((module._bench_start, self._now()))
+
+    def reset(self) -> None:
+        self.spans = []
+
+    @property
+    def seconds(self) -> float:
+        """Time inside attention since the last reset; on CUDA, after a synchronize."""
+        if self.cuda:
+            return sum(start.elapsed_time(end) for start, end in self.spans) / 1000
+        return sum(end - start for start, end in self.spans)
 
 
 def _kv_bytes(cache) -> int:
@@ -108,11 +134,12 @@ class GreedyDecoder:
     ``steps`` holds the step times and ``timer`` the time spent in attention during them."""
 
     def __init__(self, model, ids: torch.Tensor, cache):
-        self.model, self.cache = model, cache
-        self.timer = _AttentionTimer([layer.self_attn for layer in model.model.layers])
+        self.model, self.cache, self.device = model, cache, ids.device
+        self.timer = _AttentionTimer([layer.self_attn for layer in model.model.layers], ids.device)
         self.logits = self._forward(ids)
         self.logits = self._forward(self.logits.argmax(-1, keepdim=True))
-        self.timer.seconds = 0.0
+        synchronize(self.device)
+        self.timer.reset()
         self.steps: list[float] = []
 
     def _forward(self, ids: torch.Tensor) -> torch.Tensor:
@@ -120,27 +147,34 @@ class GreedyDecoder:
 
     def step(self) -> None:
         token = self.logits.argmax(-1, keepdim=True)
+        synchronize(self.device)
         start = time.perf_counter()
         self.logits = self._forward(token)
+        synchronize(self.device)
         self.steps.append(time.perf_counter() - start)
 
 
 def _load(config: BenchConfig, cr: float):
     """(model, tokenizer, DMC config): a retrofitted checkpoint's base weights and own config, or
-    the named model with ``force_cr`` = ``cr``; sets this process's thread count first."""
+    the named model with ``force_cr`` = ``cr``, in the configured dtype on the configured device;
+    sets this process's thread count first."""
     from dynacomp.dmc import is_dmc_checkpoint, load_base
     from dynacomp.models import load_causal_lm
 
     if config.threads:
         torch.set_num_threads(config.threads)
+    dtype = DTYPES[config.dtype]
     if is_dmc_checkpoint(config.model):   # dense methods decode the same retrofitted weights
-        model, tokenizer, dmc_config = load_base(config.model)
-        return model, tokenizer, replace(dmc_config, page_size=config.page_size)
-    model, tokenizer = load_causal_lm(config.model)
-    return model, tokenizer, DMCConfig(force_cr=cr, page_size=config.page_size)
+        model, tokenizer, dmc_config = load_base(config.model, dtype)
+        dmc_config = replace(dmc_config, page_size=config.page_size)
+    else:
+        model, tokenizer = load_causal_lm(config.model, dtype)
+        dmc_config = DMCConfig(force_cr=cr, page_size=config.page_size)
+    return model.to(config.device), tokenizer, dmc_config
 
 
 def _dense_cache(model, config: BenchConfig):
+    """A dense cache for the whole run, allocated on its first use in the model's dtype and device."""
     from transformers import StaticCache
 
     return StaticCache(config=model.config, max_cache_len=config.context + config.new_tokens + 1)
@@ -154,8 +188,8 @@ def _row(method: str, realised_cr: float, config: BenchConfig, steps: list[float
         "step_seconds": step, "tokens_per_s": config.batch / step,
         "attention_share": attention / sum(steps), "kv_bytes": kv,
         "kv_bytes_per_sequence": kv / config.batch,
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "steps": len(steps),
+        "peak_memory_bytes": peak_memory_bytes(torch.device(config.device)),
+        "device": config.device, "dtype": config.dtype, "steps": len(steps),
     }
 
 
@@ -169,23 +203,25 @@ def measure(method: Method, cr: float, config: BenchConfig) -> dict:
     model, tokenizer, dmc_config = _load(config, cr)
     if method == "dmc":
         convert(model, dmc_config)
-    ids = prompt_ids(tokenizer, config.batch, config.context)
+    ids = prompt_ids(tokenizer, config.batch, config.context).to(config.device)
 
-    if method == "hf_generate":
-        timer = _AttentionTimer([layer.self_attn for layer in model.model.layers])
+    if method in ("hf_generate", "hf_static"):
+        timer = _AttentionTimer([layer.self_attn for layer in model.model.layers], ids.device)
         marks: list[float] = []
 
         class StepClock(StoppingCriteria):
             def __call__(self, input_ids, scores, **kwargs):
+                synchronize(ids.device)
                 marks.append(time.perf_counter())
                 if len(marks) == 2:   # after the prefill and one untimed step, as in GreedyDecoder
-                    timer.seconds = 0.0
-                return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+                    timer.reset()
+                return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=config.new_tokens + 2,
                              min_new_tokens=config.new_tokens + 2, do_sample=False,
                              stopping_criteria=[StepClock()], return_dict_in_generate=True,
-                             pad_token_id=tokenizer.pad_token_id)
+                             pad_token_id=tokenizer.pad_token_id,
+                             cache=_dense_cache(model, config) if method == "hf_static" else None)
         steps = [b - a for a, b in zip(marks[1:], marks[2:])]
         kv = _kv_bytes(out.past_key_values if hasattr(out, "past_key_values") else out.cache)
         return _row(method, 1.0, config, steps, timer.seconds, kv)
@@ -205,7 +241,7 @@ def measure_paired(crs: list[float], config: BenchConfig) -> dict:
     from dynacomp.dmc import convert
 
     model, tokenizer, dmc_config = _load(config, crs[0])
-    ids = prompt_ids(tokenizer, config.batch, config.context)
+    ids = prompt_ids(tokenizer, config.batch, config.context).to(config.device)
     dense = GreedyDecoder(model, ids, _dense_cache(model, config))
     dmc = []
     for cr in crs:
@@ -253,7 +289,7 @@ def run(config: BenchConfig, progress=None) -> dict:
             progress(rows[-1])
     base = {r["method"]: r for r in rows if r["method"] != "dmc"}
     for row in rows:
-        for reference in ("hf_generate", "vanilla"):
+        for reference in ("hf_generate", "hf_static", "vanilla"):
             if reference in base:
                 row[f"speedup_vs_{reference}"] = row["tokens_per_s"] / base[reference]["tokens_per_s"]
     result = {"config": asdict(config), "rows": rows}
@@ -272,7 +308,7 @@ def max_batch(config: BenchConfig, jobs: list[tuple[str, float]], rows: list[dic
     budget = config.kv_budget_gb * 2**30
     out = []
     for (method, cr), row in zip(jobs, rows):
-        if method == "hf_generate":
+        if method in ("hf_generate", "hf_static"):   # generate's caches take vanilla's memory or more
             continue
         batch, best, overshoots = int(budget // row["kv_bytes_per_sequence"]), None, math.inf
         for _ in range(MAX_BATCH_TRIES):

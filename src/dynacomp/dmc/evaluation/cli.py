@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import torch
-
 from dynacomp.config import add_config_args, config_from_args, field, require_positive
 from dynacomp.console import add_json_flag, emit
 from dynacomp.dmc import policies
@@ -20,8 +18,7 @@ from dynacomp.dmc.policies import POLICIES, PolicyOptions
 from dynacomp.errors import Failure, UsageError
 from dynacomp.io import read_text
 from dynacomp.models import DEFAULT_MODEL
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from dynacomp.runtime import DTYPES, Device, Dtype, check_device
 
 
 @dataclass
@@ -32,8 +29,11 @@ class MethodConfig:
     cr: float = field(4.0, help="compression ratio: eviction keeps ceil(tokens / CR) slots per KV head; "
                                 "dmc_forced merges at this ratio; ignored by "
                                 + ", ".join(n for n, p in POLICIES.items() if not p.uses_cr))
-    device: str = field("cpu", help="torch device")
-    dtype: Literal[tuple(DTYPES)] = field("float32", help="model weights and cache dtype")
+    device: Device = field("cpu", help="where the model and its cache run")
+    dtype: Dtype = field("float32", help="model weights and cache dtype")
+
+    def __post_init__(self) -> None:
+        check_device(self.device)
 
 
 @dataclass
@@ -42,6 +42,7 @@ class PerplexityConfig(MethodConfig):
     data: Path | None = field(None, help="a UTF-8 text file to score; None: the embedded English test split")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         require_positive(self, "context")
 
 
@@ -52,6 +53,7 @@ class PasskeyConfig(MethodConfig):
     seed: int = field(0, help="seed of the keys and their depths")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         require_positive(self, "trials")
         if not self.lengths or min(self.lengths) < 1:
             raise UsageError(f"--lengths needs prompt lengths >= 1, got {self.lengths}")

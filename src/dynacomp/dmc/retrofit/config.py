@@ -9,6 +9,7 @@ from typing import Literal
 from dynacomp.config import field
 from dynacomp.dmc.config import DMCConfig
 from dynacomp.models import DEFAULT_MODEL
+from dynacomp.runtime import Device, check_device
 from dynacomp.train import TrainConfig
 
 STAGES = ("zero_out", "retrofit", "finetune")
@@ -76,8 +77,11 @@ class RetrofitConfig:
     checkpoint_every: int = field(50, help="checkpoint every this many steps of a stage (and at its end)")
     log_every: int = field(1, help="write a metrics line every this many steps")
     strategy: Literal["auto", "single", "ddp", "fsdp"] = _default_of(TrainConfig, "strategy")
+    device: Device = field("cpu", help="where the final evaluation runs; training, and its distillation teacher "
+                                       "beside it, run on CUDA whenever the machine has it (dynacomp.train)")
 
     def __post_init__(self) -> None:
+        check_device(self.device)
         if not 1 <= self.ramp_from <= self.target_cr:
             raise ValueError(f"need 1 <= ramp_from <= target_cr, got {self.ramp_from} and {self.target_cr}")
         if not 0 <= self.distill <= 1:
@@ -140,9 +144,11 @@ class CalibrateConfig:
     tokens: int = field(4096, help="validation tokens for the bisection")
     context: int = field(512, help="window of every evaluation, in tokens")
     eval_tokens: int = field(16384, help="test tokens for the report")
+    device: Device = field("cpu", help="where the bisection and the report's evaluations run")
 
     def __post_init__(self) -> None:
         if self.model is None or self.target_cr is None:
             raise ValueError("calibrate needs --model and --target-cr")
+        check_device(self.device)
         if self.target_cr < 1:
             raise ValueError(f"target_cr is a compression ratio and must be >= 1, got {self.target_cr}")

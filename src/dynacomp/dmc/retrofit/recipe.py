@@ -232,9 +232,9 @@ def retrofit(config: RetrofitConfig, out_dir: str | Path, command: str | None = 
     if not is_main_process():
         return None
 
-    model = _stage_model(config, "finetune", previous).eval()
+    model = _stage_model(config, "finetune", previous).eval().to(config.device)
     channels.fold_scale(model, config.decision_scale, config.policy)
-    base = load_model(config.model)
+    base = load_model(config.model).to(config.device)
     test = tokenize(tokenizer, load_text(config.data, "test"), config.eval_tokens)
     context = config.eval_context or config.seq_len
     train_time = time.perf_counter() - t0
@@ -255,21 +255,23 @@ def retrofit(config: RetrofitConfig, out_dir: str | Path, command: str | None = 
 
 def calibrate(checkpoint: str | Path, out_dir: str | Path, target_cr: float, base: str = DEFAULT_MODEL,
               data: str = "english", tokens: int = 4096, context: int = 512, eval_tokens: int = 16384,
-              batch_size: int = 4, command: str | None = None) -> dict:
+              batch_size: int = 4, command: str | None = None, device: str = "cpu") -> dict:
     """Tune a retrofitted checkpoint's decision threshold on the validation split so that it
     realises ``target_cr`` (training aims the soft ratio at the target; hard decisions land a little
-    off it), save the result to ``out_dir/model`` and report it on the test split like ``retrofit``."""
+    off it), save the result to ``out_dir/model`` and report it on the test split like ``retrofit``;
+    every evaluation on ``device``."""
     from dynacomp.dmc.modeling.convert import load
 
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     model, tokenizer = load(checkpoint)
+    model.to(device)
     validation = tokenize(tokenizer, load_text(data, "validation"), tokens)
     threshold, realised = calibrate_threshold(model, validation, target_cr, context, batch_size)
     test = tokenize(tokenizer, load_text(data, "test"), eval_tokens)
     report = {"model": str(checkpoint), "base": base, "data": data, "target_cr": target_cr,
               "decision_threshold": threshold, "validation_ratio": realised,
-              **evaluate(model, load_model(base), test, context, batch_size),
+              **evaluate(model, load_model(base).to(device), test, context, batch_size),
               "command": command or shlex.join(sys.argv)}
     return write_outputs(model, tokenizer, report, out_dir, f"threshold {threshold:.3f}", t0)
 

@@ -58,6 +58,8 @@ class RetrofitTask:
                 {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
 
     def on_step_start(self, step: int, model: nn.Module, trainer) -> None:
+        if self.teacher is not None:   # beside the student, wherever the loop placed it
+            self.teacher.to(trainer.device)
         steps = self.config.stage_steps(self.stage)
         if self.stage == "zero_out":
             self.channel_scale = max(0.0, 1 - step / (0.8 * steps))
