@@ -3,10 +3,12 @@ after SIGKILL, and 2-process torchrun runs (DDP and FSDP2) on CPU with gloo."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,6 +32,7 @@ from dynacomp.train import (
     verify_checkpoint,
 )
 from dynacomp.train.loop import _truncate_metrics
+from dynacomp.train.schedule import decay_progress
 
 TOY = Path(__file__).with_name("toy_task.py")
 _spec = importlib.util.spec_from_file_location("dynacomp_train_toy_task", TOY)
@@ -215,15 +218,71 @@ def test_corrupt_latest_checkpoint_is_refused(tmp_path, damage):
     assert (out / "metrics.jsonl").read_text() == before  # nothing was touched
 
 
+# ---------------------------------------------------------------- budgets
+
+def kill_after(out: Path, step: int) -> None:
+    """What a kill leaves of a finished run: its checkpoints up to ``step`` (resume truncates the metrics)."""
+    for folder in (out / "checkpoints").iterdir():
+        if int(folder.name.removeprefix("step_")) > step:
+            shutil.rmtree(folder)
+
+
+def test_a_budget_needs_one_value_and_a_flop_budget_a_task_that_counts(tmp_path):
+    for bad in ({"budget_flops": -1.0}, {"budget_minutes": -1.0}, {"budget_flops": 1e6, "budget_minutes": 1.0}):
+        with pytest.raises(ValueError, match="give one budget"):
+            small(**bad)
+    with pytest.raises(ValueError, match="'flops' entry"):
+        train(toy.ToyTask(), small(budget_flops=1e6), tmp_path)
+
+
+def test_flop_budget_decays_over_the_flops_and_stops_once_spent(tmp_path):
+    config = small(budget_flops=60_000, warmup_steps=3)
+    result = train(toy.ToyTask(count_flops=True), config, tmp_path)
+    lines = metrics(tmp_path)
+    spent = [0] + [r["flops"] for r in lines]   # before each step
+    assert spent[-2] < config.budget_flops <= spent[-1] and result.step == len(lines) > config.warmup_steps
+    warmup = spent[config.warmup_steps]
+    for step, r in enumerate(lines):
+        progress = decay_progress(spent[step], warmup, config.budget_flops)
+        assert r["lr"] == pytest.approx(config.lr * lr_at(step, config, progress), rel=1e-12)
+    assert decay_progress(spent[-2], warmup, config.budget_flops) > 0.9   # the last step ends the decay
+
+
+def test_time_budget_fixes_the_step_count_from_throughput_and_resumes_to_it(tmp_path):
+    """0.01 minutes of steps that sleep 20 ms: at most 30 steps, the count measured over steps 2-11
+    and kept in checkpoints, so a run killed after that resumes to the same count and losses."""
+    config = small(budget_minutes=0.01, checkpoint_every=4, keep_checkpoints=0)
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    result = train(toy.ToyTask(sleep=0.02), config, ref)
+    steps = result.step
+    assert 11 <= steps <= 30
+    state = torch.load(result.checkpoint / "trainer.pt", weights_only=True)
+    assert steps == int(0.01 * 60 / state["run_length"]["seconds_per_step"])
+    lines = metrics(ref)
+    fixed = dataclasses.replace(config, steps=steps)
+    for step, r in enumerate(lines[11:], start=11):   # before the count is fixed: the peak after warm-up
+        assert r["lr"] == pytest.approx(config.lr * lr_at(step, fixed), rel=1e-12)
+
+    shutil.copytree(ref, killed)
+    kill_after(killed, 12)
+    again = train(toy.ToyTask(sleep=0.02), config, killed)
+    assert again.step == steps and without_timing(metrics(killed)) == without_timing(lines)
+
+
 # ---------------------------------------------------------------- resume after a kill
 
-def test_killed_run_resumes_with_identical_losses(tmp_path):
+@pytest.mark.parametrize("budget", [{}, {"budget_flops": 100_000}], ids=["steps", "flop budget"])
+def test_killed_run_resumes_with_identical_losses(tmp_path, budget):
     """SIGKILL a run after its first checkpoint; the resumed run logs exactly the losses of an
-    uninterrupted one (dropout, numpy and python noise and task state all restored)."""
-    config = small(steps=24, checkpoint_every=8, warmup_steps=4)
-    noisy = ["--dropout", "0.2", "--jitter", "0.05"]
+    uninterrupted one (dropout, numpy and python noise and task state all restored). Under a FLOP
+    budget whose steps cost what the model's loss makes them, the schedule and the stopping step
+    come out the same too."""
+    config = small(steps=24, checkpoint_every=8, warmup_steps=4, **budget)
+    noisy = ["--dropout", "0.2", "--jitter", "0.05", *(["--count-flops"] if budget else [])]
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     subprocess.run([sys.executable, *script(ref, config, *noisy)], env=ENV, check=True, timeout=60)
+    steps = len(metrics(ref))
+    assert 20 <= steps <= 28
 
     proc = subprocess.Popen([sys.executable, *script(killed, config, *noisy, "--sleep", "0.1")], env=ENV)
     try:
@@ -238,7 +297,7 @@ def test_killed_run_resumes_with_identical_losses(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     killed_at = len(metrics(killed))
     resumed_from = latest_checkpoint(killed).name
-    assert 8 <= killed_at < 24 and resumed_from in ("step_000008", "step_000016")
+    assert 8 <= killed_at < steps and resumed_from in ("step_000008", "step_000016")
 
     done = subprocess.run([sys.executable, *script(killed, config, *noisy)], env=ENV, capture_output=True, text=True,
                           timeout=60)

@@ -2,7 +2,8 @@
 
 The tests import ``ToyTask`` and also run this file as a process (plain or under torchrun):
 
-    python tests/train/toy_task.py --out DIR [--dropout P --jitter J --sleep S --die-at STEP] [TrainConfig flags]
+    python tests/train/toy_task.py --out DIR [--dropout P --jitter J --sleep S --die-at STEP --count-flops]
+                                   [TrainConfig flags]
 """
 
 from __future__ import annotations
@@ -42,16 +43,17 @@ class ToyTask:
     """Fit a fixed linear teacher. The global batch of (step, micro) is the same for any world
     size; each rank takes an equal slice, so DDP equals one process on the whole batch.
     ``dropout`` and ``jitter`` (noise from numpy's and python's generators) make the losses
-    depend on all three random streams; ``ema`` is task state kept in checkpoints."""
+    depend on all three random streams; ``ema`` is task state kept in checkpoints. ``count_flops``
+    reports a cost per micro-batch that drifts as the model learns (as learned boundaries do)."""
 
     global_batch = 8
 
     def __init__(self, dropout: float = 0.0, jitter: float = 0.0, sleep: float = 0.0,
-                 die_at: int | None = None, seed: int = 0) -> None:
+                 die_at: int | None = None, seed: int = 0, count_flops: bool = False) -> None:
         seed_everything(seed)  # the same initial model on every rank
         self.model = ToyModel(dropout)
         self.teacher = torch.randn(IN, OUT, generator=torch.Generator().manual_seed(1234))
-        self.jitter, self.sleep, self.die_at = jitter, sleep, die_at
+        self.jitter, self.sleep, self.die_at, self.count_flops = jitter, sleep, die_at, count_flops
         self.ema = 0.0
         self.tokens_per_step = self.global_batch
 
@@ -69,7 +71,10 @@ class ToyTask:
             x = x * (1.0 + self.jitter * random.random())
         loss = F.mse_loss(model(x).float(), batch["y"])
         self.ema = 0.9 * self.ema + 0.1 * loss.item()
-        return loss, {"ema": self.ema}
+        metrics = {"ema": self.ema}
+        if self.count_flops:
+            metrics["flops"] = 1000 + int(1000 * loss.item())
+        return loss, metrics
 
     def on_step_start(self, step: int, model: nn.Module, trainer) -> None:
         if self.die_at is not None and step == self.die_at:
@@ -94,10 +99,11 @@ def main() -> None:
     parser.add_argument("--jitter", type=float, default=0.0)
     parser.add_argument("--sleep", type=float, default=0.0, help="seconds to sleep before each step")
     parser.add_argument("--die-at", type=int, default=None, help="SIGKILL this process at the start of this step")
+    parser.add_argument("--count-flops", action="store_true", help="report a drifting FLOP count per micro-batch")
     add_config_args(parser, TrainConfig)
     args = parser.parse_args()
     config = config_from_args(TrainConfig, args)
-    task = ToyTask(args.dropout, args.jitter, args.sleep, args.die_at, seed=config.seed)
+    task = ToyTask(args.dropout, args.jitter, args.sleep, args.die_at, seed=config.seed, count_flops=args.count_flops)
     result = train(task, config, args.out)
 
     # Each rank's view of the final full weights, for the tests to compare across ranks.

@@ -30,6 +30,7 @@ from dynacomp.console import progress
 from dynacomp.errors import Interrupted
 from dynacomp.io import write_text
 from dynacomp.train import checkpoint as ckpt
+from dynacomp.train.budget import RunLength
 from dynacomp.train.distributed import (
     all_mean,
     barrier,
@@ -41,7 +42,6 @@ from dynacomp.train.distributed import (
     world_info,
     wrap_model,
 )
-from dynacomp.train.schedule import lr_at
 
 # Without a progress bar (stderr is a log file, as under nohup or a batch scheduler), a status line
 # on stderr at most this often, so a long run is not silent.
@@ -50,7 +50,11 @@ STATUS_EVERY_S = 60.0
 
 @dataclass
 class TrainConfig:
-    steps: int = field(1000, help="optimizer steps in the whole run")
+    steps: int = field(1000, help="optimizer steps in the whole run (unless a budget is given)")
+    budget_flops: float = field(0, help="train until the task has counted this many FLOPs, the schedule "
+                                "spanning them, instead of for steps (0: no FLOP budget; see dynacomp.train.budget)")
+    budget_minutes: float = field(0, help="train for this many minutes of steps at the throughput measured over "
+                                  "the first steps, instead of for steps (0: no time budget)")
     lr: float = field(3e-4, help="peak learning rate (each param group multiplies it by its lr_mult)")
     min_lr_ratio: float = field(0.1, help="final learning rate as a fraction of lr")
     warmup_steps: int = field(100, help="steps of linear warm-up")
@@ -72,6 +76,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.grad_accum < 1 or self.log_every < 1 or self.steps < 0 or self.warmup_steps < 0:
             raise ValueError("TrainConfig: grad_accum and log_every must be >= 1, steps and warmup_steps >= 0")
+        if self.budget_flops < 0 or self.budget_minutes < 0 or (self.budget_flops and self.budget_minutes):
+            raise ValueError(f"TrainConfig: give one budget, --budget-flops or --budget-minutes, >= 0 "
+                             f"(got {self.budget_flops} and {self.budget_minutes})")
 
 
 class TrainTask(Protocol):
@@ -89,6 +96,9 @@ class TrainTask(Protocol):
     - ``fsdp_units(model) -> list[nn.Module]``: submodules to shard separately under FSDP
       (e.g. transformer blocks); the root is always sharded last. Default: the root only.
     - ``tokens_per_step: int``: global tokens per optimizer step, to log ``tokens_per_s``.
+    - a ``flops`` entry in ``loss``'s metrics: the FLOPs of that micro-batch on this rank (forward
+      and backward). The loop sums them over micro-batches and ranks, logs the run's total as
+      ``flops`` and spends ``budget_flops`` with them.
     - ``find_unused_parameters: bool``: passed to DDP for models that skip parameters.
     - ``strategies: tuple[str, ...]``: the strategies the task can train under (default: all),
       e.g. ``("single", "ddp")`` for a model that needs whole parameters on every rank.
@@ -121,6 +131,7 @@ class Trainer:
     model: nn.Module       # what the loss calls: DDP wrapper, FSDP module or the plain model
     module: nn.Module      # the task's own module (unwrapped)
     optimizer: torch.optim.Optimizer
+    length: RunLength      # the step count or budget, and what has been spent of it
     step: int = 0          # optimizer steps completed
 
 
@@ -199,7 +210,8 @@ def save(trainer: Trainer, task: Any) -> Path:
     if trainer.rank == 0:
         trainer_state = {"format": ckpt.FORMAT, "step": trainer.step, "world_size": trainer.world_size,
                          "strategy": trainer.strategy, "config": to_dict(trainer.config),
-                         "rng": [s["rng"] for s in per_rank], "task": [s["task"] for s in per_rank]}
+                         "rng": [s["rng"] for s in per_rank], "task": [s["task"] for s in per_rank],
+                         "run_length": trainer.length.state_dict()}
         ckpt.save_checkpoint(folder, model_state, optimizer_state, trainer_state)
         ckpt.prune_checkpoints(trainer.out_dir, trainer.config.keep_checkpoints)
     return folder
@@ -222,7 +234,8 @@ def load(trainer: Trainer, task: Any, folder: Path, *, verify: bool = True) -> i
         group.update(settings)  # hyperparameters come from the current config, the moments from the file
     same_world = state["world_size"] == trainer.world_size
     if trainer.rank == 0:
-        old, new = state["config"], to_dict(trainer.config)
+        # An option added after the checkpoint was written had its default then.
+        old, new = {**to_dict(TrainConfig()), **state["config"]}, to_dict(trainer.config)
         changed = [f"{k}: {old.get(k)} -> {v}" for k, v in new.items() if old.get(k) != v]
         if changed:
             warnings.warn(f"resuming {folder} with a changed config ({'; '.join(changed)})", stacklevel=3)
@@ -236,6 +249,8 @@ def load(trainer: Trainer, task: Any, folder: Path, *, verify: bool = True) -> i
         ckpt.seed_everything(trainer.config.seed + trainer.rank + state["step"])
     if hasattr(task, "load_state_dict") and state["task"][0] is not None:
         task.load_state_dict(state["task"][trainer.rank if same_world else 0])
+    if "run_length" in state:   # absent from checkpoints written before budgets existed
+        trainer.length.load_state_dict(state["run_length"])
     trainer.step = state["step"]
     return trainer.step
 
@@ -282,7 +297,8 @@ def _open_tensorboard(out_dir: Path, start_step: int) -> Any:
 
 
 def train(task: TrainTask, config: TrainConfig, out_dir: str | Path, *, resume: bool = True) -> TrainResult:
-    """Train ``task.model`` for ``config.steps`` optimizer steps, writing to ``out_dir``.
+    """Train ``task.model`` for ``config.steps`` optimizer steps, or until its budget is spent
+    (``dynacomp.train.budget``), writing to ``out_dir``.
 
     With ``resume`` (the default) a run continues from the latest checkpoint in
     ``out_dir/checkpoints`` and reproduces the data order, random streams and so the losses of an
@@ -303,7 +319,8 @@ def train(task: TrainTask, config: TrainConfig, out_dir: str | Path, *, resume: 
                        find_unused_parameters=getattr(task, "find_unused_parameters", False))
     module = unwrap(model)
     optimizer = build_optimizer(task, module, config)
-    trainer = Trainer(config, out_dir, strategy, rank, world_size, device, model, module, optimizer)
+    length = RunLength(config)
+    trainer = Trainer(config, out_dir, strategy, rank, world_size, device, model, module, optimizer, length)
 
     folder, error = broadcast_from_main(_find_resume_point(out_dir, resume) if rank == 0 else None)
     if error:
@@ -322,16 +339,17 @@ def train(task: TrainTask, config: TrainConfig, out_dir: str | Path, *, resume: 
         last_metrics = _truncate_metrics(metrics_path, step)
         metrics_file = open(metrics_path, "a")
         writer = _open_tensorboard(out_dir, step) if config.tensorboard else None
-    bar = progress(total=config.steps, initial=step, desc="train", **({"disable": True} if rank else {}))
+    bar = progress(total=length.steps, initial=step, desc="train", **({"disable": True} if rank else {}))
     on_step_start = getattr(task, "on_step_start", None)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     log_time, log_step = time.perf_counter(), step
     status_time = log_time
     try:
-        while step < config.steps:
+        while not length.done(step):
+            step_start = time.perf_counter()
             if on_step_start is not None:
                 on_step_start(step, module, trainer)
-            lr = config.lr * lr_at(step, config)
+            lr = config.lr * length.lr_multiplier(step)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_mult"]
 
@@ -350,9 +368,18 @@ def train(task: TrainTask, config: TrainConfig, out_dir: str | Path, *, resume: 
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step = trainer.step = step + 1
+            step_flops = metric_sums.pop("flops", None)
+            if config.budget_flops and step_flops is None:
+                raise ValueError(f"budget_flops needs a task that counts FLOPs (a 'flops' entry in its loss "
+                                 f"metrics); {type(task).__name__} has none: give --steps or --budget-minutes")
+            counts_flops = step_flops is not None
+            step_flops = round(all_mean([step_flops], device)[0] * world_size) if counts_flops else 0
+            length.count(step, step_flops, time.perf_counter() - step_start)
+            done = length.done(step)
+            bar.total = length.steps
             bar.update(1)
 
-            if step % config.log_every == 0 or step == config.steps:
+            if step % config.log_every == 0 or done:
                 keys = sorted(metric_sums)
                 values = all_mean([loss_sum.item(), *(metric_sums[k] for k in keys)], device)
                 values = [v / config.grad_accum for v in values]
@@ -362,6 +389,8 @@ def train(task: TrainTask, config: TrainConfig, out_dir: str | Path, *, resume: 
                 last_metrics = {"step": step, "loss": values[0], **dict(zip(keys, values[1:])), "lr": lr,
                                 "grad_norm": grad_norm.item(), "steps_per_s": (step - log_step) / (now - log_time),
                                 "elapsed_s": now - t0}
+                if counts_flops:
+                    last_metrics["flops"] = length.flops
                 if hasattr(task, "tokens_per_step"):
                     last_metrics["tokens_per_s"] = task.tokens_per_step * last_metrics["steps_per_s"]
                 log_time, log_step = now, step
@@ -375,20 +404,20 @@ def train(task: TrainTask, config: TrainConfig, out_dir: str | Path, *, resume: 
                     shown = {k: f"{v:.4g}" for k, v in last_metrics.items() if k not in ("step", "elapsed_s", "steps_per_s")}
                     bar.set_postfix(shown, refresh=False)
                     if bar.disable and now - status_time >= STATUS_EVERY_S:
-                        print(f"dynacomp.train: step {step}/{config.steps}, {last_metrics['steps_per_s']:.3g} steps/s, "
+                        print(f"dynacomp.train: step {step}/{length.total_text()}, {last_metrics['steps_per_s']:.3g} steps/s, "
                               + ", ".join(f"{k} {v}" for k, v in shown.items()), file=sys.stderr, flush=True)
                         status_time = now
                 if not math.isfinite(values[0]):
                     raise FloatingPointError(f"loss is {values[0]} at step {step}; resume from the last checkpoint "
                                              "with a lower lr or grad_clip, or look for bad data")
 
-            if (config.checkpoint_every > 0 and step % config.checkpoint_every == 0) or step == config.steps:
+            if (config.checkpoint_every > 0 and step % config.checkpoint_every == 0) or done:
                 final_checkpoint = save(trainer, task)
     except KeyboardInterrupt as err:   # checkpoints are written atomically: the last complete one stands
         last = ckpt.latest_checkpoint(out_dir)
         kept = (f"{last} is kept, and the same command (the same out_dir) resumes from it" if last
                 else f"no checkpoint was written yet (checkpoint_every={config.checkpoint_every})")
-        raise Interrupted(f"training stopped at step {step} of {config.steps}; {kept}") from err
+        raise Interrupted(f"training stopped at step {step} of {length.total_text()}; {kept}") from err
     finally:
         bar.close()
         if metrics_file is not None:
