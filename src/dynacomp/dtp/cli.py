@@ -13,9 +13,9 @@ from dynacomp.console import add_json_flag, emit
 from dynacomp.data.text_cleaning import clean_text8
 from dynacomp.dtp.config import DTPConfig
 from dynacomp.dtp.data import CharData, load_data
-from dynacomp.dtp.eval import EvalConfig, evaluate
+from dynacomp.dtp.eval import EvalConfig
 from dynacomp.dtp.plot import plot_boundaries
-from dynacomp.dtp.recipe import LoadedRun, RunConfig, load_run, train_run
+from dynacomp.dtp.recipe import LoadedRun, RunConfig, evaluate_run, load_run, train_run
 from dynacomp.dtp.sample import SampleConfig, generate
 from dynacomp.errors import Failure, UsageError
 from dynacomp.train import TrainConfig
@@ -31,7 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                            description="Train on a corpus; writes dtp.json, checkpoints and metrics.jsonl to --out. "
                                        "Paper settings: --lr 2.5e-4 --weight-decay 0 --beta2 0.999 --grad-clip 0.25 "
                                        "--min-lr-ratio 0 --warmup-steps 4000 --steps 200000 --seq-len 2048 "
-                                       "--d-model 512 (the default model).")
+                                       "--d-model 512 (the default model). A compute budget instead of --steps: "
+                                       "--budget-flops F (each step counted at its realised shortening, "
+                                       "dynacomp.dtp.flops) or --budget-minutes M; the schedule spans it.")
     p.add_argument("--out", type=Path, required=True, help="run folder")
     add_config_args(p, DTPConfig)
     add_config_args(p, RunConfig)
@@ -81,10 +83,7 @@ def _run_data(loaded: LoadedRun) -> CharData:
 def _eval(args: argparse.Namespace) -> None:
     config = config_from_args(EvalConfig, args)
     loaded = load_run(args.run)
-    data = _run_data(loaded)
-    run = loaded.record["run"]
-    result = evaluate(loaded.model, data.splits[config.split], run.seq_len, config.stride or run.eval_stride,
-                      config.batch_size, config.max_chars)
+    result = evaluate_run(args.run, loaded, _run_data(loaded), config)
     emit({"run": str(args.run), "split": config.split, "boundaries": loaded.model.config.boundaries,
           "checkpoint": str(loaded.checkpoint), **result}, args.json)
 

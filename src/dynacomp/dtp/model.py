@@ -37,9 +37,10 @@ from dynacomp.nn.pooling import mean_pool, segment_sums, upsample
 
 @dataclass
 class DTPOutput:
-    logits: torch.Tensor             # (B, T, V)
-    boundaries: torch.Tensor | None  # (B, T), 1: the character closes its group; None for vanilla
-    aux_loss: torch.Tensor           # scalar: the boundary source's loss (0 where it has none or from a cache)
+    logits: torch.Tensor                   # (B, T, V)
+    boundaries: torch.Tensor | None        # (B, T), 1: the character closes its group; None for vanilla
+    aux_loss: torch.Tensor                 # scalar: the boundary source's loss (0 where it has none or from a cache)
+    boundary_logits: torch.Tensor | None   # (B, T) the boundary predictor's logits; None without a predictor
 
 
 class KVCache:
@@ -208,7 +209,7 @@ class HourglassLM(nn.Module):
         # decoding from a cache needs no auxiliary loss (the entropy source's costs a softmax per character)
         aux = (self.source.aux_loss(predictor_logits, boundaries, logits, boundary_targets)
                if self.source is not None and cache is None else logits.new_zeros(()))
-        return DTPOutput(logits, boundaries, aux)
+        return DTPOutput(logits, boundaries, aux, predictor_logits)
 
     def _middle(self, h: torch.Tensor, boundaries: torch.Tensor) -> torch.Tensor:
         """Middle outputs ``(B, 1 + S, D)`` of the null group and the closed groups of ``h (B, T, D)``."""

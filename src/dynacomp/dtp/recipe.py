@@ -7,6 +7,7 @@ loop's ``checkpoints/`` and ``metrics.jsonl``; ``load_run`` rebuilds the trained
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,10 @@ from torch import nn
 from dynacomp.config import field, require_positive, to_dict
 from dynacomp.dtp.config import DTPConfig
 from dynacomp.dtp.data import CharData, load_data, load_unigram_targets
+from dynacomp.dtp.eval import EvalConfig, calibrate_threshold, evaluate
+from dynacomp.dtp.flops import train_step_flops
 from dynacomp.dtp.model import HourglassLM
+from dynacomp.errors import Failure, UsageError
 from dynacomp.io import write_json
 from dynacomp.train import LoadedRun, TrainConfig, TrainResult, load_trained_run, seed_everything, train
 
@@ -43,7 +47,9 @@ class RunConfig:
 
 
 class DTPTask:
-    """Random windows of the training split; loss = cross-entropy + the source's auxiliary loss."""
+    """Random windows of the training split; loss = cross-entropy + the source's auxiliary loss.
+    Its metrics count the FLOPs of each batch at its realised shortening (``dynacomp.dtp.flops``),
+    which a FLOP budget spends."""
 
     def __init__(self, config: DTPConfig, run: RunConfig, data: CharData, seed: int = 0, grad_accum: int = 1) -> None:
         seed_everything(seed)  # the same initial weights on every rank
@@ -72,7 +78,9 @@ class DTPTask:
         out = model(batch["ids"], batch.get("boundary_targets"))
         lm = F.cross_entropy(out.logits.flatten(0, 1).float(), batch["targets"].flatten())
         rate = out.boundaries.float().mean().item() if out.boundaries is not None else 1.0
-        metrics = {"bpc": lm.item() / math.log(2), "aux": out.aux_loss.item(), "boundary_rate": rate}
+        groups = int(out.boundaries.sum(1).max()) if out.boundaries is not None else 0   # the middle pads rows to the most
+        metrics = {"bpc": lm.item() / math.log(2), "aux": out.aux_loss.item(), "boundary_rate": rate,
+                   "flops": train_step_flops(self.config, *batch["ids"].shape, groups)}
         return lm + out.aux_loss, metrics
 
 
@@ -93,3 +101,38 @@ def load_run(path: str | Path) -> LoadedRun[HourglassLM]:
     holds ``model`` (the ``DTPConfig``), ``run`` (the ``RunConfig``), ``vocab`` and ``language``."""
     return load_trained_run(path, RUN_FILE, "dynacomp dtp train --out DIR", {"model": DTPConfig, "run": RunConfig},
                             lambda record: HourglassLM(record["model"]))
+
+
+def training_boundary_rate(path: str | Path) -> float:
+    """The mean boundary rate a run trained at over the last tenth of its steps (its ``metrics.jsonl``)."""
+    lines = (Path(path) / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    if not records:
+        raise Failure(f"{path}/metrics.jsonl has no metrics: train the run first")
+    last = records[-1]["step"]
+    rates = [r["boundary_rate"] for r in records if r["step"] > 0.9 * last]
+    return sum(rates) / len(rates)
+
+
+def evaluate_run(path: str | Path, loaded: LoadedRun[HourglassLM], data: CharData, config: EvalConfig) -> dict:
+    """BPC and shortening factor of the run in folder ``path`` on ``config.split``; with
+    ``config.calibrate`` (Gumbel runs) also ``calibrated``: the same at the threshold that gives the
+    run's training boundary rate on the validation split."""
+    model = loaded.model
+    if config.calibrate and model.config.boundaries != "gumbel":
+        raise UsageError(f"--calibrate is for gumbel runs; {path} has {model.config.boundaries} boundaries")
+    run = loaded.record["run"]
+    stride = config.stride or run.eval_stride
+    scored = data.splits[config.split]
+    result = evaluate(model, scored, run.seq_len, stride, config.batch_size, config.max_chars)
+    if config.calibrate:
+        rate = training_boundary_rate(path)
+        threshold = calibrate_threshold(model, data.splits["validation"], run.seq_len, stride, rate,
+                                        config.batch_size, config.calibrate_chars)
+        model.source.threshold = threshold
+        try:
+            calibrated = evaluate(model, scored, run.seq_len, stride, config.batch_size, config.max_chars)
+        finally:
+            model.source.threshold = 0.0
+        result["calibrated"] = {"threshold": threshold, "train_boundary_rate": rate, **calibrated}
+    return result

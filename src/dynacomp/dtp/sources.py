@@ -11,7 +11,7 @@ trains its predictor, if it has one:
 | whitespace | at each whitespace character            | 0                                        |
 | unigram    | predictor ``sigmoid > 0.5``             | BCE against SentencePiece piece ends     |
 | entropy    | predictor ``sigmoid > 0.5``             | BCE against spikes of the LM's entropy   |
-| gumbel     | Gumbel-sigmoid sample (eval: rounded)   | -log Binomial(T, prior) of the count / T |
+| gumbel     | Gumbel-sigmoid sample (eval: threshold) | -log Binomial(T, prior) of the count / T |
 
 Two faults of the reference code are fixed here: the BCE gets the predictor's *logits* (not
 probabilities, which the reference passes through a second sigmoid), and the Gumbel source adds
@@ -98,10 +98,15 @@ class GumbelBoundaries(PredictedBoundaries):
     def __init__(self, config: DTPConfig) -> None:
         super().__init__(config)
         self.temperature, self.prior = config.temperature, config.prior
+        # Evaluation: a boundary where the logit exceeds it. 0 rounds the probability; a calibrated
+        # threshold (dynacomp.dtp.eval.calibrate_threshold) reproduces the training-time rate.
+        self.threshold = 0.0
 
     def forward(self, ids, hidden, positions):
         logits = self.predictor(hidden).squeeze(-1)
-        return gumbel_sigmoid_boundaries(logits, self.temperature, sample=self.training), logits
+        if self.training:
+            return gumbel_sigmoid_boundaries(logits, self.temperature, sample=True), logits
+        return gumbel_sigmoid_boundaries(logits - self.threshold, self.temperature, sample=False), logits
 
     def aux_loss(self, predictor_logits, boundaries, lm_logits, targets):
         return binomial_rate_loss(boundaries, self.prior)
