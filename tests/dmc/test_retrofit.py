@@ -19,7 +19,7 @@ from dynacomp.dmc import DMCConfig, convert, is_dmc_checkpoint, load, load_base,
 from dynacomp.dmc.modeling import channels
 from dynacomp.dmc.retrofit import RetrofitConfig, RetrofitTask, calibrate, ratio_loss, retrofit
 from dynacomp.dmc.retrofit.recipe import _stage_model
-from tests.dmc.tiny import tiny_model
+from tests.dmc.tiny import save_tiny_model, tiny_model
 
 TIMING = {"steps_per_s", "tokens_per_s", "elapsed_s"}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "DYNACOMP_PROGRESS": "0"}
@@ -28,18 +28,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "DYNACOMP_PROGRESS": "0"}
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory) -> tuple[Path, Path]:
     """A tiny random Llama with the SmolLM2 tokenizer, and a text file to train on."""
-    from transformers import AutoTokenizer
-
-    from dynacomp.data.text import load_split
-    from dynacomp.models import resolve
-
-    root = tmp_path_factory.mktemp("tiny")
-    tokenizer = AutoTokenizer.from_pretrained(resolve("smollm2-135m"))
-    model = tiny_model(vocab_size=len(tokenizer), tie_word_embeddings=True)
-    model.save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
-    (root / "text.txt").write_text(load_split("english", "validation")[:40_000])
-    return root / "model", root / "text.txt"
+    return save_tiny_model(tmp_path_factory.mktemp("tiny"))
 
 
 def tiny_config(model: Path, data: Path, **overrides) -> RetrofitConfig:

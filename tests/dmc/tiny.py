@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
@@ -15,6 +17,22 @@ def tiny_config(model_type: str = "llama", **overrides):
 def tiny_model(model_type: str = "llama", seed: int = 0, **overrides):
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(tiny_config(model_type, **overrides), dtype=torch.float32).eval()
+
+
+def save_tiny_model(root: Path) -> tuple[Path, Path]:
+    """A tiny random Llama with the SmolLM2 tokenizer saved in ``root / "model"``, and a text file
+    to train on; returns both paths."""
+    from transformers import AutoTokenizer
+
+    from dynacomp.data.text import load_split
+    from dynacomp.models import resolve
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve("smollm2-135m"))
+    model = tiny_model(vocab_size=len(tokenizer), tie_word_embeddings=True)
+    model.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    (root / "text.txt").write_text(load_split("english", "validation")[:40_000])
+    return root / "model", root / "text.txt"
 
 
 def half_merging_bias(model, ids, target: float = 0.5) -> float:
