@@ -108,18 +108,25 @@ def test_native_decode_kernel_gives_each_row_the_same_result_on_any_number_of_th
     assert all(torch.equal(outs[0], out) for out in outs[1:])
 
 
-@pytest.mark.parametrize("model_dtype, cache_dtype", [(torch.bfloat16, None), (torch.float32, torch.bfloat16)])
-def test_decoding_through_bfloat16_pages_equals_the_teacher_forced_pass(model_dtype, cache_dtype):
-    """The pages take the model's dtype, or the one the cache is given, and the native kernel reads
-    them. Both paths round to bfloat16 in different places (pages, or the teacher-forced pass's
-    matrix products), each a relative 2^-8 per element, and the logits of a bfloat16 model are
-    rounded too: they agree within a few such units at the logits' scale."""
+@pytest.mark.parametrize("kernel", ["native", "pytorch"])
+@pytest.mark.parametrize("model_dtype, cache_dtype", [(torch.bfloat16, None), (torch.float32, torch.bfloat16),
+                                                      (torch.float16, None)])
+def test_decoding_through_low_precision_pages_equals_the_teacher_forced_pass(model_dtype, cache_dtype, kernel,
+                                                                             monkeypatch):
+    """The pages take the model's dtype, or the one the cache is given, and either path reads them.
+    The decode and the teacher-forced pass round in different places (pages, queries, the teacher
+    forced pass's matrix products), each a relative u per element (2^-8 for bfloat16, 2^-11 for
+    float16), and a low-precision model's logits are rounded too: they agree within a few u at the
+    logits' scale."""
+    if kernel == "pytorch":
+        monkeypatch.setattr(native, "supports", lambda pool: False)
     model = tiny_model(head_dim=64)
     ids = torch.randint(0, 97, (2, 40))
     convert(model, DMCConfig(force_cr=2, window=4, page_size=4)).to(model_dtype)
     with torch.no_grad():
         teacher_forced = model(ids, use_cache=False).logits.float()
     decoded, cache = decode_step_by_step(model, ids, prefix=9, dtype=cache_dtype)
-    pool = cache.layers[0]._k_pool
-    assert pool.dtype == torch.bfloat16 and native.supports(pool)
-    assert (decoded.float() - teacher_forced).abs().max() <= 4 * 2**-8 * teacher_forced.abs().max()
+    pages = cache_dtype or model_dtype
+    assert cache.layers[0]._k_pool.dtype == pages and native.supports(cache.layers[0]._k_pool) == (kernel == "native")
+    u = max(torch.finfo(model_dtype).eps, torch.finfo(pages).eps) / 2
+    assert (decoded.float() - teacher_forced).abs().max() <= 4 * u * teacher_forced.abs().max()
