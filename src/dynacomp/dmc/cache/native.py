@@ -39,8 +39,11 @@ def _extension():
 
     capability = torch.backends.cpu.get_cpu_capability()
     flags = ["-O3", "-ffast-math"]
-    if platform.machine().lower() in ("x86_64", "amd64"):
-        flags += _X86_FLAGS.get(capability, [])
+    if platform.machine().lower() in ("x86_64", "amd64") and capability in _X86_FLAGS:
+        # ATen's vector types take their width from these macros; without them, plain arrays.
+        flags += _X86_FLAGS[capability] + [f"-DCPU_CAPABILITY={capability}", f"-DCPU_CAPABILITY_{capability}"]
+    else:
+        flags.append("-DCPU_CAPABILITY=DEFAULT")
     openmp = ["-fopenmp"] if torch.backends.openmp.is_available() else []   # else at::parallel_for is serial
     name = f"dynacomp_paged_decode_{capability.lower()}"
     _announce_first_build(name)

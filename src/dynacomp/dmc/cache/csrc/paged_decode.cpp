@@ -6,13 +6,18 @@
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <type_traits>
 #include <vector>
 
 namespace {
+
+using Vec = at::vec::Vectorized<float>;   // the build names the CPU capability (native.py)
 
 // A page's keys or values as float32: float32 pages are read in place; others are widened once
 // per page into `buffer` (a shift for bfloat16, which the compiler vectorises), then read by all
@@ -25,11 +30,14 @@ const float* widen(const T* __restrict__ page, float* __restrict__ buffer, int64
   return buffer;
 }
 
-// Rows [begin, end). Head size is a template parameter so the inner loops vectorise fully.
+// Rows [begin, end). Head size is a template parameter so that a head's query and its output
+// sums stay in L vector registers (ATen's Vectorized: AVX-512, AVX2 or plain arrays, as built).
 template <int DIM, typename T>
 void attend_rows(const float* __restrict__ queries, const T* __restrict__ k_pool, const T* __restrict__ v_pool,
                  const int64_t* block_table, const int64_t* visible, float* __restrict__ out, int64_t heads,
                  int64_t page, int64_t pages_per_row, int64_t pool_pages, float scale, int64_t begin, int64_t end) {
+  static_assert(DIM % Vec::size() == 0, "a head is whole vectors");
+  constexpr int L = DIM / Vec::size();
   std::vector<float> prob_buffer(heads * page), running_max(heads), denominator(heads);
   std::vector<float> k_buffer(std::is_same_v<T, float> ? 0 : page * DIM), v_buffer(k_buffer.size());
   float* __restrict__ prob = prob_buffer.data();
@@ -47,12 +55,13 @@ void attend_rows(const float* __restrict__ queries, const T* __restrict__ k_pool
       const float* __restrict__ k = widen(k_pool + id * page * DIM, k_buffer.data(), count * DIM);
       const float* __restrict__ v = widen(v_pool + id * page * DIM, v_buffer.data(), count * DIM);
       for (int64_t m = 0; m < heads; ++m) {
-        const float* __restrict__ qm = q + m * DIM;
         float* __restrict__ p = prob + m * page;
+        Vec qm[L];
+        for (int l = 0; l < L; ++l) qm[l] = Vec::loadu(q + m * DIM + l * Vec::size());
         for (int64_t j = 0; j < count; ++j) {
-          float dot = 0.0f;
-          for (int d = 0; d < DIM; ++d) dot += qm[d] * k[j * DIM + d];
-          p[j] = dot * scale;
+          Vec dot = qm[0] * Vec::loadu(k + j * DIM);
+          for (int l = 1; l < L; ++l) dot = at::vec::fmadd(qm[l], Vec::loadu(k + j * DIM + l * Vec::size()), dot);
+          p[j] = at::vec::vec_reduce_all<float>(std::plus<Vec>(), dot) * scale;
         }
         float page_max = running_max[m];
         for (int64_t j = 0; j < count; ++j) page_max = std::max(page_max, p[j]);
@@ -64,11 +73,13 @@ void attend_rows(const float* __restrict__ queries, const T* __restrict__ k_pool
         }
         denominator[m] = denominator[m] * correction + sum;
         running_max[m] = page_max;
-        float acc[DIM];
-        for (int d = 0; d < DIM; ++d) acc[d] = o[m * DIM + d] * correction;
-        for (int64_t j = 0; j < count; ++j)
-          for (int d = 0; d < DIM; ++d) acc[d] += p[j] * v[j * DIM + d];
-        for (int d = 0; d < DIM; ++d) o[m * DIM + d] = acc[d];
+        Vec acc[L];
+        for (int l = 0; l < L; ++l) acc[l] = Vec::loadu(o + m * DIM + l * Vec::size()) * Vec(correction);
+        for (int64_t j = 0; j < count; ++j) {
+          const Vec weight(p[j]);
+          for (int l = 0; l < L; ++l) acc[l] = at::vec::fmadd(weight, Vec::loadu(v + j * DIM + l * Vec::size()), acc[l]);
+        }
+        for (int l = 0; l < L; ++l) acc[l].store(o + m * DIM + l * Vec::size());
       }
     }
     for (int64_t m = 0; m < heads; ++m)
