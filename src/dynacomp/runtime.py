@@ -18,7 +18,7 @@ Dtype = Literal[tuple(DTYPES)]
 def check_device(device: str) -> None:
     """Refuse a device this machine lacks; configs call it on creation, so the one-line error
     comes before anything loads."""
-    if device == "cuda" and not torch.cuda.is_available():
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise Failure("CUDA is not available on this machine: pass --device cpu")
 
 
