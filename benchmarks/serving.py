@@ -5,8 +5,11 @@ For each server (the same engine and pool: dense = the same weights with compres
 forced ratios; a trained checkpoint if given) this starts `dynacomp serve` on 127.0.0.1, then:
 1. correctness: greedy outputs streamed at concurrency 1 and 16 against offline greedy generation
    of the same model (the share of identical tokens);
-2. load: `dynacomp serve bench` with all requests at once (the capacity and saturation point) and
-   Poisson arrivals at the given rates; every run bounded in requests and time.
+2. load: `dynacomp serve bench` with all requests at once (the capacity and saturation point), then
+   Poisson arrivals at the given rates and at a fraction (0.8) of the dense server's saturation
+   request rate; every run bounded in requests and time.
+Then, offline and in this process, the dense engine against transformers' own continuous batching
+(`generate_batch` with its paged cache at the same KV budget) on one fixed-length workload.
 Writes RESULTS.{json,md} and RESULTS_load.png (throughput and p50 TPOT against offered load).
 
     python benchmarks/serving.py --kv-budget 48MiB --num-prompts 48 --rates 0.5 1 2 --out docs/results/serving.md
@@ -32,7 +35,8 @@ from common import machine
 
 from dynacomp.io import figure, write_json, write_text
 from dynacomp.serve.bench import LoadConfig, run_load
-from dynacomp.serve.cli import ServeConfig, load_engine
+from dynacomp.serve.cli import ServeConfig, load_engine, parse_bytes
+from dynacomp.serve.engine import SamplingParams
 
 
 def free_port() -> int:
@@ -118,6 +122,52 @@ def greedy_agreement(server: Server, config: ServeConfig, prompts: list[list[int
     return {"concurrency_1": share(single), f"concurrency_{len(prompts)}": share(batched)}
 
 
+def fixed_workload(args) -> list[list[int]]:
+    """Prompts of exactly input_len tokens cut from the load benchmark's corpus."""
+    from transformers import AutoTokenizer
+
+    from dynacomp.data.text import load_split
+    from dynacomp.models import resolve
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve(args.model))
+    ids = tokenizer(load_split(LoadConfig.corpus, "test"), add_special_tokens=False)["input_ids"]
+    starts = torch.randint(0, len(ids) - args.input_len, (args.num_prompts,), generator=torch.Generator().manual_seed(0))
+    return [ids[s:s + args.input_len] for s in starts.tolist()]
+
+
+def transformers_anchor(args, prompts: list[list[int]]) -> dict:
+    """Output tokens/s of transformers' continuous batching and of dynacomp's dense engine, offline,
+    greedy, every request generating output_len tokens, at the same KV budget."""
+    from transformers import GenerationConfig
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    from dynacomp.models import load_causal_lm
+
+    model, _ = load_causal_lm(args.model)
+    c = model.config
+    token_bytes = 2 * c.num_hidden_layers * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads) * 4
+    blocks = parse_bytes(args.kv_budget) // (args.page_size * token_bytes)
+    generation = GenerationConfig(max_new_tokens=args.output_len, do_sample=False, eos_token_id=None)
+    batching = ContinuousBatchingConfig(num_blocks=blocks, page_size=args.page_size,
+                                        max_batch_tokens=512, max_requests_per_batch=args.max_num_seqs)
+    start = time.perf_counter()
+    out = model.generate_batch(prompts, generation_config=generation, continuous_batching_config=batching, warmup=False)
+    hf_seconds = time.perf_counter() - start
+    hf_tokens = sum(len(o.generated_tokens) for o in out.values())
+
+    engine = load_engine(ServeConfig(model=args.model, dense=True, kv_budget=args.kv_budget,
+                                     page_size=args.page_size, max_num_seqs=args.max_num_seqs))
+    start = time.perf_counter()
+    done = engine.generate_batch(prompts, SamplingParams(max_tokens=args.output_len, temperature=0, ignore_eos=True))
+    ours_seconds = time.perf_counter() - start
+    ours_tokens = sum(len(r.output) for r in done)
+    return {"transformers_generate_batch": {"output_tokens": hf_tokens, "seconds": hf_seconds, "num_blocks": blocks,
+                                            "output_throughput": hf_tokens / hf_seconds},
+            "dynacomp_dense_engine": {"output_tokens": ours_tokens, "seconds": ours_seconds,
+                                      "peak_running": engine.stats.peak_running,
+                                      "output_throughput": ours_tokens / ours_seconds}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
@@ -128,17 +178,20 @@ def main() -> None:
     parser.add_argument("--input-len", type=int, default=256)
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--rates", nargs="*", type=float, default=[0.5, 1.0])
+    parser.add_argument("--saturation-fraction", type=float, default=0.8,
+                        help="also run every server at this fraction of the dense server's all-at-once request rate")
+    parser.add_argument("--page-size", type=int, default=16, help="slots per cache page, the same for every server")
     parser.add_argument("--max-num-seqs", type=int, default=64)
     parser.add_argument("--check-prompts", type=int, default=16)
     parser.add_argument("--time-limit", type=float, default=900)
     parser.add_argument("--out", type=Path, default=Path("docs/results/serving.md"))
     args = parser.parse_args()
 
-    common = {"kv_budget": args.kv_budget, "max_num_seqs": args.max_num_seqs}
+    common = {"kv_budget": args.kv_budget, "max_num_seqs": args.max_num_seqs, "page_size": args.page_size}
     servers = {"dense": ServeConfig(model=args.model, dense=True, **common)}
     servers |= {f"DMC x{r:g} (forced)": ServeConfig(model=args.model, force_cr=r, **common) for r in args.ratios}
     servers |= {f"{t} (trained)": ServeConfig(model=t, **common) for t in args.trained}
-    results = {}
+    results, rates = {}, list(args.rates)
     for name, config in servers.items():
         print(f"== {name}", file=sys.stderr)
         flags = flags_of(config)
@@ -148,21 +201,23 @@ def main() -> None:
                               output_len=args.output_len, time_limit_s=args.time_limit)
             prompts = [[int(t) for t in torch.randint(100, 20000, (24,), generator=torch.Generator().manual_seed(i))]
                        for i in range(args.check_prompts)]
-            results[name] = {
-                "flags": flags,
-                "greedy_agreement": greedy_agreement(server, config, prompts, 16),
-                "saturation": asyncio.run(run_load(load)),
-                "poisson": [asyncio.run(run_load(LoadConfig(**{**vars(load), "request_rate": rate})))
-                            for rate in args.rates]}
+            results[name] = {"flags": flags, "greedy_agreement": greedy_agreement(server, config, prompts, 16),
+                             "saturation": asyncio.run(run_load(load))}
+            if name == "dense":              # the same offered loads for every server, dense first
+                rates.append(round(args.saturation_fraction * results[name]["saturation"]["request_throughput"], 4))
+            results[name]["poisson"] = [asyncio.run(run_load(LoadConfig(**{**vars(load), "request_rate": rate})))
+                                        for rate in rates]
         finally:
             server.close()
         print(json.dumps({k: v for k, v in results[name]["saturation"].items() if "throughput" in k or "peak" in k}),
               file=sys.stderr)
 
+    print("== transformers continuous batching", file=sys.stderr)
+    anchor = transformers_anchor(args, fixed_workload(args))
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     header = {"command": command, "machine": machine("cpu"), "date": datetime.date.today().isoformat(),
-              "kv_budget": args.kv_budget}
-    write_json(args.out.with_suffix(".json"), {**header, "results": results})
+              "kv_budget": args.kv_budget, "page_size": args.page_size, "saturation_rate": rates[-1]}
+    write_json(args.out.with_suffix(".json"), {**header, "results": results, "offline_dense": anchor})
     with figure(args.out.with_name(args.out.stem + "_load.png"), ncols=2, figsize=(10, 4)) as (_, (tput, tpot)):
         for name, r in results.items():
             runs = [*r["poisson"], r["saturation"]]
@@ -175,21 +230,33 @@ def main() -> None:
         tput.grid(alpha=0.3)
         tpot.grid(alpha=0.3)
     lines = ["# Serving a compressed cache", "", f"- Command: `{command}`", f"- Machine: {header['machine']}",
-             f"- Date: {header['date']}", f"- KV budget: {args.kv_budget}", "",
-             "| server | greedy = offline (c=1 / all) | peak running | peak KV MiB | preemptions | "
-             "output tok/s (all at once) | p50 TTFT ms | p50 TPOT ms |", "|---|---|---|---|---|---|---|---|"]
+             f"- Date: {header['date']}", f"- KV budget: {args.kv_budget}, pages of {args.page_size} slots", "",
+             "All requests at once (running sequences scraped from /metrics every 0.2 s):", "",
+             "| server | greedy = offline (c=1 / all) | peak running | mean running | x dense (peak / mean) | "
+             "peak KV MiB | preemptions | output tok/s | x dense | p50 TTFT ms | p50 TPOT ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    dense = results["dense"]["saturation"]
     for name, r in results.items():
         s, agree = r["saturation"], list(r["greedy_agreement"].values())
-        lines.append(f"| {name} | {agree[0]:.3f} / {agree[1]:.3f} | {s['peak_running']:.0f} | "
+        lines.append(f"| {name} | {agree[0]:.3f} / {agree[1]:.3f} | {s['peak_running']:.0f} | {s['mean_running']:.1f} | "
+                     f"{s['peak_running'] / dense['peak_running']:.2f} / {s['mean_running'] / dense['mean_running']:.2f} | "
                      f"{s['peak_kv_bytes'] / 2**20:.1f} | {s['preemptions']:.0f} | {s['output_throughput']:.1f} | "
+                     f"{s['output_throughput'] / dense['output_throughput']:.2f} | "
                      f"{s['median_ttft_ms']:.0f} | {s['median_tpot_ms']:.0f} |")
-    lines += ["", "Poisson arrivals:", "", "| server | rate | output tok/s | p50 TTFT ms | p50 TPOT ms | p99 E2E ms |",
+    lines += ["", f"Poisson arrivals (the last rate, {rates[-1]:g}/s, is {args.saturation_fraction:g} x the dense server's "
+              "all-at-once request rate):", "", "| server | rate | output tok/s | p50 TTFT ms | p50 TPOT ms | p99 E2E ms |",
               "|---|---|---|---|---|---|"]
     for name, r in results.items():
         for x in r["poisson"]:
             lines.append(f"| {name} | {x['request_rate']:g} | {x['output_throughput']:.1f} | {x['median_ttft_ms']:.0f} | "
                          f"{x['median_tpot_ms']:.0f} | {x['p99_e2el_ms']:.0f} |")
-    lines += ["", f"![throughput and TPOT against load]({args.out.stem}_load.png)", ""]
+    hf, ours = anchor["transformers_generate_batch"], anchor["dynacomp_dense_engine"]
+    lines += ["", f"Offline, dense, {args.num_prompts} prompts of {args.input_len} tokens, {args.output_len} greedy tokens "
+              f"each, the same KV budget ({hf['num_blocks']} blocks of {args.page_size} for transformers):", "",
+              "| engine | output tokens | seconds | output tok/s |", "|---|---|---|---|",
+              f"| transformers `generate_batch` | {hf['output_tokens']} | {hf['seconds']:.1f} | {hf['output_throughput']:.1f} |",
+              f"| dynacomp dense engine | {ours['output_tokens']} | {ours['seconds']:.1f} | {ours['output_throughput']:.1f} |",
+              "", f"![throughput and TPOT against load]({args.out.stem}_load.png)", ""]
     write_text(args.out, "\n".join(lines))
 
 

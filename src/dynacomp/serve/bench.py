@@ -6,7 +6,8 @@ fixed seed: uniform (``random``) or long-tailed like chat traffic (``chat``: log
 Every request streams with ``ignore_eos``, so it generates exactly its drawn length. After warm-up
 requests, the run reports vLLM's benchmark fields (request and token throughput; mean, median
 and p99 of TTFT, TPOT, ITL and end-to-end latency, in ms) and, scraped from the server's
-``/metrics`` while it runs, the peak of running sequences, the peak KV bytes and the preemptions.
+``/metrics`` every 0.2 s while it runs, the peak and mean of running sequences, the peak KV bytes and
+the preemptions.
 Only 127.0.0.1 / localhost is loaded; the run stops after ``num_prompts`` or ``time_limit_s``.
 """
 
@@ -93,16 +94,16 @@ async def _one(client, url: str, headers: dict, prompt: list[int], output_len: i
             "output_len": output_len}
 
 
-async def _watch(client, url: str, headers: dict, peaks: dict, stop: asyncio.Event) -> None:
-    """Scrape /metrics until ``stop``: the peaks of running sequences and KV bytes."""
+async def _watch(client, url: str, headers: dict, seen: dict[str, list[float]], stop: asyncio.Event) -> None:
+    """Scrape /metrics every 0.2 s until ``stop``: the values of the metrics named in ``seen``."""
     from prometheus_client.parser import text_string_to_metric_families
 
     while not stop.is_set():
         response = await client.get(url + "/metrics", headers=headers)
         for family in text_string_to_metric_families(response.text):
             for sample in family.samples:
-                if sample.name in peaks:
-                    peaks[sample.name] = max(peaks[sample.name], sample.value)
+                if sample.name in seen:
+                    seen[sample.name].append(sample.value)
         try:
             await asyncio.wait_for(stop.wait(), 0.2)
         except TimeoutError:
@@ -128,9 +129,9 @@ async def run_load(config: LoadConfig) -> dict:
             await _one(client, config.url, headers, prompt, out)
         before = await _scrape(client, config.url, headers)
 
-        peaks = {"vllm:num_requests_running": 0.0, "dynacomp:kv_bytes": 0.0}
+        seen = {"vllm:num_requests_running": [], "dynacomp:kv_bytes": []}
         stop = asyncio.Event()
-        watcher = asyncio.create_task(_watch(client, config.url, headers, peaks, stop))
+        watcher = asyncio.create_task(_watch(client, config.url, headers, seen, stop))
         limit = asyncio.Semaphore(config.max_concurrency or config.num_prompts)
         started = time.perf_counter()
 
@@ -156,6 +157,7 @@ async def run_load(config: LoadConfig) -> dict:
     tpot = [(r["times"][-1] - r["times"][0]) / (len(r["times"]) - 1) for r in done if len(r["times"]) > 1]
     itl = [b - a for r in done for a, b in zip(r["times"], r["times"][1:])]
     e2el = [r["times"][-1] - r["start"] for r in done]
+    running = seen["vllm:num_requests_running"]
     output_tokens = sum(len(r["times"]) for r in done)
     input_tokens = sum(r["prompt_len"] for r in done)
     return {"model": served, "num_prompts": len(tasks), "completed": len(done), "duration_s": duration,
@@ -165,7 +167,8 @@ async def run_load(config: LoadConfig) -> dict:
             "total_token_throughput": (input_tokens + output_tokens) / duration,
             **percentiles(ttft, "ttft"), **percentiles(tpot, "tpot"), **percentiles(itl, "itl"),
             **percentiles(e2el, "e2el"),
-            "peak_running": peaks["vllm:num_requests_running"], "peak_kv_bytes": peaks["dynacomp:kv_bytes"],
+            "peak_running": max(running, default=0.0), "mean_running": statistics.fmean(running) if running else 0.0,
+            "peak_kv_bytes": max(seen["dynacomp:kv_bytes"], default=0.0),
             "preemptions": after["vllm:num_preemptions_total"] - before["vllm:num_preemptions_total"]}
 
 

@@ -3,9 +3,12 @@
 One object owns the model and the cache (``Engine``); each ``step``:
 
 1. admits waiting requests first come, first served, while the sequence cap, the step's token
-   budget and the KV budget allow: a request's prompt is counted at its worst case (every token a
-   new slot), running requests keep a reserve for the tokens they may still generate (their
-   observed pages per token times a factor that decays while nothing overflows, SGLang's way);
+   budget and the KV budget allow: a request's prompt is counted at the running requests' observed
+   pages per token (every token a slot while nothing is observed), and running requests keep a
+   reserve for the tokens they may still generate (their observed pages per token times a factor
+   that decays while nothing overflows, SGLang's way). Counting a compressed prompt at its worst
+   case would admit no more sequences than the dense cache does; an estimate that proves short
+   is caught by step 2;
 2. makes sure the step's writes fit the budget at their worst case, preempting the newest running
    request by recompute (its pages freed, its prompt and output queued again) until they do, never
    the last running one;
@@ -151,9 +154,10 @@ class Engine:
     @staticmethod
     def _state_entries(config, head_dim: int, element: int) -> int:
         """Bytes of the policy's fixed per-row state (see the cache layers): DMC's open run of
-        window - 1 pre-RoPE keys and values plus fp32 importances, DMS's ring of slot ids and flags."""
+        window - 1 pre-RoPE keys and values plus fp32 importances, DMS's ring of slot ids and flags
+        (and with a held ratio, its fp32 logit history)."""
         if config.policy == "dms":
-            return config.eviction_window * (8 + 1)
+            return config.eviction_window * (8 + 1) + (4 * (config.control_window - 1) if config.hold_keep else 0)
         return (config.window - 1) * (2 * head_dim * element + 4)
 
     # -- requests -------------------------------------------------------------------------------
@@ -214,6 +218,11 @@ class Engine:
         remaining = request.params.max_tokens - len(request.output)
         return remaining * self._pages_per_token(request) * self.page_bytes * self.reserve_factor
 
+    def _prompt_bytes(self, request: Request) -> float:
+        """Bytes a waiting request's prompt (and output so far) is expected to take: the observed
+        rate of the running requests, plus its per-sequence state."""
+        return len(request.tokens) * self._pages_per_token(request) * self.page_bytes + self.state_bytes_per_seq
+
     def _step_bytes(self, rows: list[tuple[Request, int]]) -> int:
         """Worst-case bytes this step's writes can add: new pages, and state for new sequences."""
         if not rows:
@@ -241,7 +250,7 @@ class Engine:
         reserved = sum(self._reserve_bytes(r) for r in self.running)
         while self.waiting and budget > 0 and len(self.running) < config.max_num_seqs:
             request = self.waiting[0]
-            need = self._worst_case_bytes(len(request.tokens))
+            need = self._prompt_bytes(request)
             if self.running and self.kv_bytes() + reserved + need > config.kv_budget:
                 break
             self.waiting.popleft()
