@@ -3,7 +3,9 @@ eviction (StreamingLLM, H2O, TOVA) at equal KV memory, on held-out text of domai
 never trained on, with paired bootstrap intervals.
 
 For each target memory ratio the checkpoint's decision threshold is calibrated on the *training*
-mixture's validation split at the evaluation context (never on the evaluated text); then, per
+mixture's validation split at the evaluation context (never on the evaluated text); with ``--held``
+a DMS checkpoint then holds each layer's share of kept tokens found there by ranking its eviction
+logits (``calibrate_hold``), so the ratio carries over to other text; then, per
 corpus, the learned policy is scored first and every peer runs at the memory ratio the learned
 policy realised there (the peers' per-slot statistics counted in their memory, so equal ratios mean
 the peers hold slightly more bytes). Beside them: the unmodified model, and the checkpoint's own
@@ -32,7 +34,7 @@ from dynacomp.data.text import load_split
 from dynacomp.dmc import convert, load, load_base
 from dynacomp.dmc.evaluation.harness import EvalOptions, perplexity_online
 from dynacomp.dmc.policies import POLICIES
-from dynacomp.dmc.retrofit.recipe import calibrate_threshold, load_text
+from dynacomp.dmc.retrofit.recipe import calibrate_hold, calibrate_threshold, load_text
 from dynacomp.io import figure, write_json, write_text
 from dynacomp.metrics.intervals import paired_perplexity_ratio
 from dynacomp.models import load_causal_lm
@@ -47,6 +49,8 @@ def main() -> None:
     parser.add_argument("--corpora", nargs="+", default=["manpages"], help="held-out corpora scored (test splits)")
     parser.add_argument("--calibrate-on", default="english+austen+bible", help="the retrofit's training mixture")
     parser.add_argument("--calibrate-tokens", type=int, default=8192)
+    parser.add_argument("--held", action="store_true", help="DMS: hold the calibrated per-layer shares of kept "
+                                                             "tokens on the evaluated text (calibrate_hold)")
     parser.add_argument("--max-tokens", type=int, default=34816, help="test tokens per corpus (17 windows of 2048)")
     parser.add_argument("--peers", nargs="+", default=["streaming_llm", "h2o", "tova"])
     parser.add_argument("--batch-size", type=int, default=4)
@@ -61,7 +65,7 @@ def main() -> None:
     policy = learned.dmc_config.policy
     base, _ = load_causal_lm(args.base)
     plain, _, _ = load_base(args.checkpoint)            # the checkpoint's weights, compression off
-    uncompressed = convert(plain, replace(learned.dmc_config, decision_threshold=math.inf))
+    uncompressed = convert(plain, replace(learned.dmc_config, decision_threshold=math.inf, hold_keep=None))
     options = EvalOptions(batch_size=args.batch_size, max_tokens=args.max_tokens, chunk=args.chunk)
 
     def ids_of(text: str) -> torch.Tensor:
@@ -81,13 +85,13 @@ def main() -> None:
     for corpus in args.corpora:
         score(base, "vanilla", 1, corpus, "unmodified model")
         score(uncompressed, policy, 1, corpus, f"{policy.upper()} weights, compression off")
-    thresholds = {}
+    thresholds, calibrate = {}, calibrate_hold if args.held else calibrate_threshold
+    label = f"{policy.upper()} (trained{', held shares' if args.held else ''})"
     for ratio in args.ratios:
         model = copy.deepcopy(learned)
-        thresholds[ratio] = calibrate_threshold(model, calibration, ratio, args.context, args.batch_size,
-                                                steps=12, bound=64.0)
+        thresholds[ratio] = calibrate(model, calibration, ratio, args.context, args.batch_size, steps=12, bound=64.0)
         for corpus in args.corpora:
-            mine = score(model, policy, 1, corpus, f"{policy.upper()} (trained)", ratio)
+            mine = score(model, policy, 1, corpus, label, ratio)
             for peer in args.peers:
                 other = score(base, peer, mine["ratio"], corpus, POLICIES[peer].label, ratio)
                 other["vs_learned"] = paired_perplexity_ratio(mine["window_nll"], other["window_nll"],
@@ -120,13 +124,21 @@ def plot(rows: list[dict], path: Path, args) -> None:
             ax.legend(fontsize=7)
 
 
+def _setting(value) -> str:
+    """A calibrated threshold, or the range of held per-layer shares."""
+    return f"{value:.3g}" if isinstance(value, float) else f"kept shares {min(value):.2f}-{max(value):.2f}"
+
+
 def page(rows: list[dict], header: dict, args) -> str:
     lines = [f"# {header['checkpoint']} against training-free eviction at equal memory", "",
              f"- Command: `{header['command']}`", f"- Machine: {header['machine']}", f"- Date: {header['date']}", "",
              f"Context {args.context}; {rows[0]['tokens']} scored tokens per cell ({rows[0]['windows']} windows); "
              f"peers read {args.chunk} tokens per forward after the first (more favours them). "
-             "Thresholds calibrated on the training mixture's validation split: "
-             + ", ".join(f"ratio {r} -> {t[0]:.3g} (realised {t[1]:.2f})" for r, t in header["thresholds"].items()) + ".",
+             + ("Per-layer shares of kept tokens calibrated on the training mixture's validation split and held "
+                "by ranking (calibrate_hold); realised there: " if args.held else
+                "Thresholds calibrated on the training mixture's validation split: ")
+             + ", ".join(f"ratio {r} -> {_setting(t[0])} (realised {t[1]:.2f})" for r, t in header["thresholds"].items())
+             + ".",
              "", "| corpus | target | method | memory ratio | perplexity | learned / this (95 % paired CI) |",
              "|---|---|---|---|---|---|"]
     for r in rows:

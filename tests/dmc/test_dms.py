@@ -8,6 +8,8 @@ import torch
 
 from dynacomp.dmc import DMCConfig, convert, load, save
 from dynacomp.dmc.modeling.channels import eviction_rows
+from dynacomp.dmc.modeling.dms_attention import trailing_quantile
+from dynacomp.dmc.retrofit.recipe import calibrate_hold, read_through_caches
 
 from .tiny import decode_step_by_step, half_evicting_bias, per_token_view, tiny_model
 
@@ -132,3 +134,71 @@ def test_training_gives_gradients_to_the_eviction_channel_only():
     d = model.config.head_dim
     assert torch.isfinite(out.loss) and grad[d - 1].abs().sum() > 0
     assert 0.05 < alpha.item() < 0.95
+
+
+def test_trailing_quantile_matches_its_definition_with_padding_and_chunks():
+    """The threshold at token t is the quantile of the layer's logits at tokens t-M+1..t (every head);
+    padding never enters a window, and a chunked call continues exactly from its history."""
+    b, h, length, m, level = 2, 3, 20, 6, 0.25
+    logits = torch.randn(b, h, length, generator=torch.Generator().manual_seed(0))
+    expected = torch.stack([torch.stack([logits[i, :, max(0, t - m + 1):t + 1].flatten().quantile(level, interpolation="lower")
+                                         for t in range(length)]) for i in range(b)])
+    empty = torch.full((b, h, m - 1), float("nan"))
+    whole, _ = trailing_quantile(empty, logits, torch.ones(b, length, dtype=torch.bool), level)
+    torch.testing.assert_close(whole[:, 0], expected)
+
+    # Row 1 left-padded by 5, row 0 right-padded by 3: the real tokens get the unpadded answer.
+    padded, real = torch.zeros(b, h, length + 5), torch.zeros(b, length + 5, dtype=torch.bool)
+    padded[0, :, :length], real[0, :length] = logits[0], True
+    padded[1, :, 5:], real[1, 5:] = logits[1], True
+    got, _ = trailing_quantile(empty, padded, real, level)
+    torch.testing.assert_close(got[0, 0, :length], expected[0])
+    torch.testing.assert_close(got[1, 0, 5:], expected[1])
+    assert torch.isinf(got[0, 0, length:]).all() and torch.isinf(got[1, 0, :5]).all()
+
+    history, pieces = empty, []
+    for s in range(0, length, 7):
+        piece, history = trailing_quantile(history, logits[..., s:s + 7], torch.ones(b, min(7, length - s), dtype=torch.bool),
+                                           level)
+        pieces.append(piece)
+    torch.testing.assert_close(torch.cat(pieces, 2)[:, 0], expected)
+
+
+def test_hold_keep_is_exact_across_prefill_decoding_and_padding_and_holds_the_ratio():
+    model, ids = dms_model(window=3, length=96, hold_keep=(0.25,), control_window=16)
+    with torch.no_grad():
+        teacher_forced = model(ids, use_cache=False).logits
+        evictions = torch.stack([a.last_alpha for a in model.dmc_attentions()])       # (layers, B, H, L)
+        decoded, cache = decode_step_by_step(model, ids, prefix=13)
+        chunked_cache = model.new_cache()
+        chunks = [model(ids[:, s:s + 7], cache=chunked_cache).logits for s in range(0, 96, 7)]
+        batch, mask = ids[:, :40].clone(), torch.ones(2, 40, dtype=torch.long)
+        batch[1, :12], mask[1, :12] = 0, 0
+        together = model.generate(batch, attention_mask=mask, max_new_tokens=6, do_sample=False)
+        alone = model.generate(ids[1:, 12:40], max_new_tokens=6, do_sample=False)
+    assert (teacher_forced - decoded).abs().max() <= 1e-4
+    assert (teacher_forced - torch.cat(chunks, 1)).abs().max() <= 1e-4
+    assert torch.equal(together[1, 40:], alone[0, 28:])
+    # Every layer evicts 1 - 1/4 of its tokens (the first ones see short windows), whatever its logits.
+    per_layer = evictions[..., 16:-1].mean((1, 2, 3))
+    assert ((per_layer - 0.75).abs() < 0.08).all()
+    assert cache.stats().bytes > 0 and torch.equal(cache.slots(), chunked_cache.slots())
+
+
+def test_calibrated_shares_hold_the_ratio_on_other_text(tmp_path):
+    """calibrate_hold finds each layer's kept share where a threshold realises the ratio on one text;
+    held, the shares give about that ratio on text whose logits sit elsewhere, where the threshold does not."""
+    model, ids = dms_model(window=3, length=96)
+    keep, realised = calibrate_hold(model, ids.flatten(), 2.0, context=96, batch_size=2, steps=10, bound=8.0)
+    assert len(keep) == model.config.num_hidden_layers and realised >= 2.0
+    other = torch.randint(0, 97, (384,), generator=torch.Generator().manual_seed(7)) // 3   # a third of the vocabulary
+    held_ratio = read_through_caches(model, other, 96, 2)
+    by_threshold = read_through_caches(convert(copy.deepcopy(model), replace(model.dmc_config, hold_keep=None)),
+                                       other, 96, 2)
+    ratio = [seen * slots.numel() / float(slots.sum()) for _, seen, slots in (held_ratio, by_threshold)]
+    assert abs(ratio[0] - realised) < 0.05 * realised < abs(ratio[1] - realised)      # measured: 2.04, 2.29 for 2.05
+    save(model, tmp_path / "held")
+    loaded, _ = load(tmp_path / "held")
+    assert loaded.dmc_config.hold_keep == pytest.approx(keep)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(other[None, :96]).logits, model(other[None, :96]).logits)

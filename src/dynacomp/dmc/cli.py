@@ -53,7 +53,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     config = config_from_args(CalibrateConfig, args)
     report = calibrate(config.model, args.out, config.target_cr, base=config.base, data=config.data,
                        tokens=config.tokens, context=config.context, eval_tokens=config.eval_tokens,
-                       command=shlex.join(["dynacomp", *sys.argv[1:]]), device=config.device)
+                       command=shlex.join(["dynacomp", *sys.argv[1:]]), device=config.device, hold=config.hold)
     summary = report_summary(report) | {"decision_threshold": report["decision_threshold"], "out": str(args.out)}
     emit(report if args.json else summary, args.json, format_mapping)
     return 0
@@ -113,7 +113,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Training aims the soft (Gumbel) ratio at the target; with hard decisions a model keeps a few "
                     "percent more or fewer slots. This bisects the threshold on the decision logit on the "
                     "validation split until the model realises --target-cr, saves OUT/model, and reports base and "
-                    "DMC perplexity and the realised ratios on the test split (OUT/report.json, OUT/cr_heatmap.png).")
+                    "DMC perplexity and the realised ratios on the test split (OUT/report.json, OUT/cr_heatmap.png). "
+                    "A threshold realises another ratio on other text; --hold (DMS) saves each layer's share of "
+                    "kept tokens instead, which the model then holds on any text.")
     calibrate.add_argument("--out", type=Path, required=True, help="output folder")
     add_config_args(calibrate, CalibrateConfig)
     add_json_flag(calibrate)

@@ -31,6 +31,14 @@ class DMCConfig:
         0.0, help="hard decisions (inference) merge where the decision logit exceeds this; below 0 merges more. "
                   "Training never uses it: a retrofit's realised ratio can be tuned on held-out text afterwards "
                   "(dynacomp.dmc.retrofit.calibrate_threshold)")
+    hold_keep: tuple[float, ...] | None = field(
+        None, help="dms: the share of tokens each layer keeps, held at inference on any text instead of comparing "
+                   "logits to decision_threshold (one number per layer, or one for all): a layer evicts the tokens "
+                   "whose eviction logits are in the top 1 - KEEP of its KV heads' last CONTROL_WINDOW logits "
+                   "(causal, so prefill equals decoding). A row then holds about KEEP x (tokens - w) + w slots for "
+                   "eviction window w. dmc.retrofit.calibrate_hold measures the shares on the training text")
+    control_window: int = field(256, help="dms with hold_keep: tokens whose logits set each layer's threshold "
+                                          "(their logits are kept per row and counted in the cache's bytes)")
     force_cr: float | None = field(
         None, help="replace learned decisions by a fixed pattern giving this compression ratio in every "
                    "head (benchmarks, engine tests); None: learned decisions")
@@ -40,6 +48,11 @@ class DMCConfig:
     def __post_init__(self) -> None:
         if self.eviction_window < 1:
             raise ValueError(f"eviction_window must be >= 1, got {self.eviction_window}")
+        if self.hold_keep is not None and (self.policy != "dms" or not all(0 < k <= 1 for k in self.hold_keep)):
+            raise ValueError(f"hold_keep holds DMS's shares of kept tokens, each in (0, 1]; got {self.hold_keep} "
+                             f"with policy {self.policy}")
+        if self.control_window < 2:
+            raise ValueError(f"control_window must be >= 2, got {self.control_window}")
         if self.policy == "dms" and self.force_cr is not None:
             raise ValueError("force_cr is a fixed merge pattern of DMC; DMS has no forced variant")
         if self.window < 1:

@@ -65,7 +65,8 @@ def load_engine(config: ServeConfig):
     from dynacomp.models import load_causal_lm
     from dynacomp.serve.engine import Engine, EngineConfig
 
-    overrides = {"page_size": config.page_size} | ({"decision_threshold": math.inf} if config.dense else {})
+    overrides = {"page_size": config.page_size} | ({"decision_threshold": math.inf, "hold_keep": None}
+                                                   if config.dense else {})
     if is_dmc_checkpoint(config.model):
         model, tokenizer = load(config.model, **overrides, **({"force_cr": config.force_cr} if config.force_cr else {}))
     else:

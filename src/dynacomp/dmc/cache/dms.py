@@ -29,6 +29,17 @@ class DMSLayer(PagedLayer):
         return {"ring_slot": (torch.zeros(0, self.window, dtype=torch.long, device=keys.device), -1),
                 "ring_evict": (torch.zeros(0, self.window, dtype=torch.bool, device=keys.device), False)}
 
+    def logit_history(self, seqs: Tensor, length: int) -> Tensor:
+        """(B, H, length) the last eviction logits of each row, oldest first, NaN where a row has
+        fewer; kept only for the ratio control (``DMCConfig.hold_keep``), created on first use."""
+        if "logit_history" not in self._state:
+            self._state["logit_history"] = torch.full((self.rows, length), math.nan, device=self.device)
+            self._empty["logit_history"] = math.nan
+        return self._state["logit_history"][self.rows_of(seqs)].view(seqs.numel(), self.heads, length)
+
+    def keep_logit_history(self, seqs: Tensor, history: Tensor) -> None:
+        self._state["logit_history"][self.rows_of(seqs)] = history.reshape(-1, history.shape[-1])
+
     def _ring(self, rows: Tensor, decided: Tensor, real: Tensor) -> tuple[Tensor, Tensor]:
         """The rows' ring with the pending flag of its newest token set to ``decided`` (n,) where
         the row feeds a real token now (``real`` (n,))."""

@@ -163,6 +163,9 @@ def check_supported(config) -> None:
 def convert(model: PreTrainedModel, config: DMCConfig | None = None) -> PreTrainedModel:
     """Make ``model`` (in place) a DMC model; returns it. No parameters are added."""
     config = config or DMCConfig()
+    if config.hold_keep is not None and len(config.hold_keep) not in (1, model.config.num_hidden_layers):
+        raise ValueError(f"hold_keep has {len(config.hold_keep)} shares; give one, or one per layer "
+                         f"({model.config.num_hidden_layers})")
     if isinstance(model, DMCModelMixin):
         if config.policy != model.dmc_config.policy:
             raise ValueError(f"this model was converted for {model.dmc_config.policy}; convert the base model for "

@@ -14,6 +14,11 @@ leaves the window.
 
 The decision of a chunk's last real token is read from the next chunk's first real token
 (``decided``); real tokens of a row are assumed contiguous (left or right padding only).
+
+A threshold calibrated on one text realises another ratio on another (docs/results/dms.md), so
+``hold_keep`` replaces it by a trailing quantile: a token is evicted when its logit is above the
+``keep`` quantile of its layer's last ``control_window`` logits (every KV head of the layer), so
+each layer keeps its share of tokens on any text, and its heads share them as their logits say.
 """
 
 from __future__ import annotations
@@ -43,7 +48,12 @@ class DMSAttention(LearnedCacheAttention):
         layer, real, _, seqs = self._positions(cache, attention_mask, k)
 
         logits = channels.eviction_logits(q, h, self.dmc.decision_bias).float()       # (B, H, L): decides the token before
-        alpha, key_bias = self._decide(logits, real)
+        if self.dmc.hold_keep is not None and not self.training:
+            # A repeated token repeats its first-layer logit, up to float noise that depends on the batch;
+            # on a grid of 2^-10 such logits tie exactly, so a quantile ranks them alike in every batch.
+            logits = torch.round(logits * 1024) / 1024
+        threshold, history = self._threshold(logits, real, layer, seqs)
+        alpha, key_bias = self._decide(logits, real, threshold)
         cos, sin = position_embeddings
         k_rot = apply_rope(k, cos, sin)
         q_rot = apply_rope(channels.without_eviction_channel(q, h), cos, sin).view(b, h, g, length, d)
@@ -53,7 +63,8 @@ class DMSAttention(LearnedCacheAttention):
             out, _ = masked_attention(q_rot, k_rot, v, key_bias, self.scaling, self.dmc.query_chunk, w, hidden)
         else:
             first = real.float().argmax(1)                                               # the first real token
-            decided = logits.gather(2, first.view(b, 1, 1).expand(b, h, 1))[..., 0] > self.dmc.decision_threshold
+            at_first = first.view(b, 1, 1)
+            decided = (logits.gather(2, at_first.expand(b, h, 1)) > threshold.gather(2, at_first))[..., 0]
             if length == 1:
                 layer.append_token(seqs, k_rot, v, decided, real)
                 out, _ = layer.attend(seqs, q_rot.reshape(b * h, g, d), self.scaling, with_lse=False)
@@ -65,16 +76,33 @@ class DMSAttention(LearnedCacheAttention):
                                                            real, self.scaling)
                     out, lse = merge_attention(out, lse, past_out.view_as(out), past_lse.view_as(lse))
                 layer.write_chunk(seqs, k_rot, v, alpha.detach() > 0.5, decided, real)
+            if history is not None:                      # after the write, which empties the rows' state
+                layer.keep_logit_history(seqs, history)
         self.last_alpha = alpha
         out = out.reshape(b, self.num_heads, length, d).transpose(1, 2).reshape(b, length, -1)
         return self.o_proj(out.to(hidden_states.dtype)), None
 
-    def _decide(self, logits: Tensor, real: Tensor) -> tuple[Tensor, Tensor]:
+    def _threshold(self, logits: Tensor, real: Tensor, layer, seqs) -> tuple[Tensor, Tensor | None]:
+        """(B, 1, L) what each position's inference logit must exceed to evict: ``decision_threshold``,
+        or with ``hold_keep`` the trailing quantile continuing the layer's logit history; and the
+        history the layer keeps after this chunk (None: nothing to keep)."""
+        b, h, length = logits.shape
+        if self.dmc.hold_keep is None or self.training:
+            return logits.new_full((b, 1, length), self.dmc.decision_threshold), None
+        size = self.dmc.control_window - 1
+        history = (layer.logit_history(seqs, size) if layer is not None
+                   else logits.new_full((b, h, size), math.nan))
+        keep = self.dmc.hold_keep
+        threshold, history = trailing_quantile(history, logits, real, keep[self.layer_idx] if len(keep) > 1 else keep[0])
+        return threshold, history if layer is not None else None
+
+    def _decide(self, logits: Tensor, real: Tensor, threshold: Tensor) -> tuple[Tensor, Tensor]:
         """alpha (B, H, L), token j's eviction decided by token j+1's logit (0 where no real token
         follows in this chunk), and the key bias log(1 - alpha) for queries a window or more later.
 
         Training: Gumbel-sigmoid relaxation, the bias from the soft decision, alpha straight-through
-        (the ratio loss counts hard evictions). Otherwise hard decisions: the bias is 0 or -inf.
+        (the ratio loss counts hard evictions). Otherwise hard decisions (logit > ``threshold``
+        (B, 1, L) of the deciding position): the bias is 0 or -inf.
         """
         follows = F.pad(real[:, 1:] & real[:, :-1], (0, 1), value=False)[:, None, :]     # (B, 1, L)
         z = F.pad(logits[..., 1:], (0, 1), value=-math.inf)
@@ -83,5 +111,29 @@ class DMSAttention(LearnedCacheAttention):
             soft = torch.sigmoid(z)
             alpha = ((soft > 0.5).float() - soft.detach() + soft) * follows
             return alpha, decisions.log_keep_probability(z).masked_fill(~follows, 0.0)
-        hard = (z > self.dmc.decision_threshold) & follows
+        hard = (z > F.pad(threshold[..., 1:], (0, 1), value=math.inf)) & follows
         return hard.float(), torch.zeros_like(z).masked_fill(hard, -math.inf)
+
+
+def trailing_quantile(history: Tensor, logits: Tensor, real: Tensor, level: float) -> tuple[Tensor, Tensor]:
+    """The ``level`` quantile, at each real token, of the layer's logits over its last M tokens
+    (all H heads: M x H values, fewer at the start of a sequence; the value at or below the level,
+    never an interpolation), and the history to continue from.
+
+    history: (B, H, M - 1) the logits before this chunk, oldest first, NaN where none; logits: (B, H, L);
+    real: (B, L), contiguous per row. Returns ((B, 1, L) thresholds, +inf at padding; (B, H, M - 1)).
+    The real logits are packed after the history, so padding never shortens a window.
+    """
+    b, h, length = logits.shape
+    m = history.shape[-1] + 1
+    count, first = real.sum(1), real.float().argmax(1)
+    position = torch.arange(length, device=logits.device)
+    source = (first[:, None] + position).clamp(max=length - 1)                           # (B, L) packed -> chunk
+    packed = logits.gather(2, source[:, None, :].expand(b, h, length))
+    packed = packed.masked_fill(~(position < count[:, None])[:, None, :], math.nan)
+    series = torch.cat([history, packed], 2)                                             # (B, H, M - 1 + L)
+    windows = series.unfold(2, m, 1).permute(0, 2, 1, 3).reshape(b, length, h * m)
+    levels = windows.nanquantile(level, dim=-1, interpolation="lower")                   # (B, L) packed order
+    threshold = levels.gather(1, (position - first[:, None]).clamp(0, length - 1)).masked_fill(~real, math.inf)
+    keep = (count[:, None] + torch.arange(m - 1, device=logits.device))[:, None, :].expand(b, h, m - 1)
+    return threshold[:, None, :], series.gather(2, keep)

@@ -144,6 +144,9 @@ class CalibrateConfig:
     tokens: int = field(4096, help="validation tokens for the bisection")
     context: int = field(512, help="window of every evaluation, in tokens")
     eval_tokens: int = field(16384, help="test tokens for the report")
+    hold: bool = field(False, help="dms: save the per-layer shares of kept tokens at the calibrated threshold, held "
+                                   "on any text by ranking eviction logits (DMCConfig.hold_keep), instead of the "
+                                   "threshold, whose ratio does not carry over to other text")
     device: Device = field("cpu", help="where the bisection and the report's evaluations run")
 
     def __post_init__(self) -> None:

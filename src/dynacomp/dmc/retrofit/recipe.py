@@ -169,6 +169,21 @@ def calibrate_threshold(model: nn.Module, tokens: Tensor, target_cr: float, cont
     return low, low_ratio
 
 
+def calibrate_hold(model: nn.Module, tokens: Tensor, target_cr: float, context: int, batch_size: int,
+                   **bisection) -> tuple[tuple[float, ...], float]:
+    """A DMS model's per-layer shares of kept tokens at the threshold that realises ``target_cr`` on
+    ``tokens`` (``calibrate_threshold``), set as its ``hold_keep``, so that it keeps those shares, and
+    so about that ratio, on any text. Returns (shares, realised ratio on ``tokens``)."""
+    _, ratio = calibrate_threshold(model, tokens, target_cr, context, batch_size, **bisection)
+    result, _, slots = read_through_caches(model, tokens, context, batch_size)
+    window = model.dmc_config.eviction_window
+    per_row = slots.mean(1) / result["windows"]         # (layers,) slots a row holds at the end of a window
+    # A row holds its last `window` tokens and the kept share of those that left the window.
+    keep = tuple(((per_row - window) / (context - window)).clamp(1 / context, 1.0).tolist())
+    convert(model, replace(model.dmc_config, hold_keep=keep))
+    return keep, ratio
+
+
 def plot_cr_heatmap(per_layer_head: list[list[float]], path: Path, title: str) -> None:
     """Layer x KV-head compression ratios as a heat map (PNG), written atomically."""
     from matplotlib.colors import LogNorm
@@ -255,11 +270,12 @@ def retrofit(config: RetrofitConfig, out_dir: str | Path, command: str | None = 
 
 def calibrate(checkpoint: str | Path, out_dir: str | Path, target_cr: float, base: str = DEFAULT_MODEL,
               data: str = "english", tokens: int = 4096, context: int = 512, eval_tokens: int = 16384,
-              batch_size: int = 4, command: str | None = None, device: str = "cpu") -> dict:
+              batch_size: int = 4, command: str | None = None, device: str = "cpu", hold: bool = False) -> dict:
     """Tune a retrofitted checkpoint's decision threshold on the validation split so that it
     realises ``target_cr`` (training aims the soft ratio at the target; hard decisions land a little
-    off it), save the result to ``out_dir/model`` and report it on the test split like ``retrofit``;
-    every evaluation on ``device``."""
+    off it), or with ``hold`` the per-layer shares of kept tokens (``calibrate_hold``), save the
+    result to ``out_dir/model`` and report it on the test split like ``retrofit``; every evaluation
+    on ``device``."""
     from dynacomp.dmc.modeling.convert import load
 
     t0 = time.perf_counter()
@@ -267,13 +283,16 @@ def calibrate(checkpoint: str | Path, out_dir: str | Path, target_cr: float, bas
     model, tokenizer = load(checkpoint)
     model.to(device)
     validation = tokenize(tokenizer, load_text(data, "validation"), tokens)
-    threshold, realised = calibrate_threshold(model, validation, target_cr, context, batch_size)
+    setting, realised = (calibrate_hold if hold else calibrate_threshold)(model, validation, target_cr, context,
+                                                                           batch_size)
     test = tokenize(tokenizer, load_text(data, "test"), eval_tokens)
     report = {"model": str(checkpoint), "base": base, "data": data, "target_cr": target_cr,
-              "decision_threshold": threshold, "validation_ratio": realised,
+              "decision_threshold": model.dmc_config.decision_threshold, "hold_keep": model.dmc_config.hold_keep,
+              "validation_ratio": realised,
               **evaluate(model, load_model(base).to(device), test, context, batch_size),
               "command": command or shlex.join(sys.argv)}
-    return write_outputs(model, tokenizer, report, out_dir, f"threshold {threshold:.3f}", t0)
+    held = f"kept shares {min(setting):.2f}-{max(setting):.2f}" if hold else f"threshold {setting:.3f}"
+    return write_outputs(model, tokenizer, report, out_dir, held, t0)
 
 
 # ------------------------------------------------------------------------------------------ demo
