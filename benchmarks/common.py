@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
+import time
 from pathlib import Path
 
 import torch
@@ -36,3 +38,17 @@ def repo_path(path: Path) -> str:
         return str(path.resolve().relative_to(REPO))
     except ValueError:
         return str(path)
+
+
+def read_bandwidth(device: str = "cpu", gib: float = 2.0, repeats: int = 7) -> float:
+    """Bytes per second of a streaming read (a sum) of a buffer far larger than the caches and
+    weights measured here, median of ``repeats``: the memory floor a decode step is held to."""
+    buffer = torch.ones(int(gib * 2**30) // 4, device=device)
+    seconds = []
+    for _ in range(repeats + 1):                 # the first read also faults the pages in
+        if device.startswith("cuda"):
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        buffer.sum().item()
+        seconds.append(time.perf_counter() - start)
+    return buffer.numel() * buffer.element_size() / statistics.median(seconds[1:])

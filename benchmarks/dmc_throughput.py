@@ -6,6 +6,9 @@
 Every (context, method, ratio) runs in its own worker process, one after the other in this run;
 the table reports medians of the timed decode steps and ratios between rows of the same context.
 Writes the markdown table, a JSON file and ``*_throughput.png`` (tokens/s against context).
+Each row also states the bytes a decode step must read (every weight once, the cache's stored
+entries) and the floor they set at the read bandwidth measured in this run (a streaming sum of a
+2 GiB buffer), and the achieved fraction of it (floor / step time).
 Workers run minutes apart, so the machine's drift enters the ratios between rows; ``--paired``
 measures vanilla and DMC at the given ratios in one worker with their steps taken in turn instead:
 
@@ -26,7 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import get_args
 
-from common import machine
+from common import machine, read_bandwidth
 
 from dynacomp.dmc.config import DMCConfig
 from dynacomp.dmc.evaluation.bench import BenchConfig, measure_in_worker, run
@@ -68,21 +71,27 @@ def main() -> None:
 
     paired = measure_in_worker("paired", args.paired, replace(config, context=max(args.contexts))) if args.paired else None
 
+    bandwidth = read_bandwidth(args.device)
+    for r in rows + ([paired["vanilla"], *paired["dmc"]] if paired else []):
+        r["floor_seconds"] = r["bytes_read_per_step"] / bandwidth
+        r["floor_fraction"] = r["floor_seconds"] / r["step_seconds"]
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     host = machine(args.device)
     date = datetime.date.today().isoformat()
     lines = [f"# DMC decode throughput\n\nCommand: `{command}`  \nMachine: {host}  \nDate: {date}  \n"
              f"Model: {args.model} in {args.dtype} on {args.device}, batch {args.batch}, {args.new_tokens} timed "
-             f"decode steps (medians), page size {args.page_size}.\n"]
+             f"decode steps (medians), page size {args.page_size}. Read bandwidth measured in this run: "
+             f"{bandwidth / 1e9:.1f} GB/s; floor = bytes a step must read / that bandwidth.\n"]
     if rows:
         memory = "peak GPU MiB" if args.device == "cuda" else "peak RSS MiB"
-        lines += [f"| context | method | ratio | tokens/s | s/step | attention share | KV MiB | {memory} "
-                  "| × generate | × static | × vanilla |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| context | method | ratio | tokens/s | s/step | floor s | step / floor | attention share | KV MiB "
+                  f"| {memory} | × generate | × static | × vanilla |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         def times(r: dict, reference: str) -> str:   # "–" where that method was not run
             return f"{r[f'speedup_vs_{reference}']:.2f}" if f"speedup_vs_{reference}" in r else "–"
 
         lines += [f"| {r['context']} | {r['method']} | {r['cr']:.2f} | {r['tokens_per_s']:.1f} | "
-                  f"{r['step_seconds']:.3f} | {r['attention_share']:.0%} | {r['kv_bytes'] / 2**20:.0f} | "
+                  f"{r['step_seconds']:.3f} | {r['floor_seconds']:.3f} | {1 / r['floor_fraction']:.1f} | "
+                  f"{r['attention_share']:.0%} | {r['kv_bytes'] / 2**20:.0f} | "
                   f"{r['peak_memory_bytes'] / 2**20:.0f} | {times(r, 'hf_generate')} | {times(r, 'hf_static')} | "
                   f"{times(r, 'vanilla')} |"
                   for r in rows]
@@ -97,14 +106,15 @@ def main() -> None:
     if paired:
         dense = paired["vanilla"]
         lines += [f"\n## Vanilla and DMC in one process, steps taken in turn (context {paired['context']})\n",
-                  "| method | ratio | tokens/s | attention share | KV MiB | × vanilla (median of rounds) |",
-                  "|---|---|---|---|---|---|",
-                  f"| vanilla | 1.00 | {dense['tokens_per_s']:.1f} | {dense['attention_share']:.0%} | "
-                  f"{dense['kv_bytes'] / 2**20:.0f} | 1.00 |"]
-        lines += [f"| dmc | {r['cr']:.2f} | {r['tokens_per_s']:.1f} | {r['attention_share']:.0%} | "
-                  f"{r['kv_bytes'] / 2**20:.0f} | {r['speedup_vs_vanilla']:.2f} |" for r in paired["dmc"]]
+                  "| method | ratio | tokens/s | s/step | floor s | step / floor | attention share | KV MiB "
+                  "| × vanilla (median of rounds) |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['method']} | {r['cr']:.2f} | {r['tokens_per_s']:.1f} | {r['step_seconds']:.3f} | "
+                  f"{r['floor_seconds']:.3f} | {1 / r['floor_fraction']:.1f} | {r['attention_share']:.0%} | "
+                  f"{r['kv_bytes'] / 2**20:.0f} | {r.get('speedup_vs_vanilla', 1.0):.2f} |"
+                  for r in [dense, *paired["dmc"]]]
     write_text(args.out, "\n".join(lines) + "\n")
     write_json(args.out.with_suffix(".json"), {"command": command, "machine": host, "date": date,
+                                               "read_bandwidth_bytes_per_s": bandwidth,
                                                "rows": rows, "max_batch": budgets, "paired": paired})
     print(args.out.read_text())
 

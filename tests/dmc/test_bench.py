@@ -15,13 +15,16 @@ def test_measure_reports_throughput_and_memory(method, dtype, element, smollm2):
     # every method's cache in the dtype: batch x layers x KV heads x tokens (prompt, one untimed
     # and three timed steps) x dim x element x (K, V)
     dense = 2 * 30 * 3 * (64 + 1 + 3) * 64 * element * 2
+    weights = 134_515_008 * element                              # SmolLM2-135M, the output layer tied
     if method == "dmc":
         assert row["cr"] == pytest.approx(4.0, abs=0.3)
         # per (sequence, layer, KV head): 17 slots in five pages of 4, and an open run of 11
         # entries of K and V with an fp32 weight each
         assert row["kv_bytes"] == 2 * 30 * 3 * (5 * 4 + 11) * 128 * element + 2 * 30 * 3 * 11 * 4
+        # a step reads the stored slots (not the pages' slack) and the open runs
+        assert row["bytes_read_per_step"] == weights + 2 * 30 * 3 * 17 * 128 * element + 2 * 30 * 3 * 11 * (128 * element + 4)
     else:
-        assert row["kv_bytes"] == dense
+        assert row["kv_bytes"] == dense and row["bytes_read_per_step"] == weights + dense
 
 
 def test_paired_measurement_takes_dense_and_dmc_steps_in_turn(smollm2):

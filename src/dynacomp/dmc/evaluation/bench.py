@@ -180,14 +180,21 @@ def _dense_cache(model, config: BenchConfig):
     return StaticCache(config=model.config, max_cache_len=config.context + config.new_tokens + 1)
 
 
+def _bytes_read(model, cache) -> int:
+    """What one decode step must read at least: every weight once (a tied output layer is the
+    embedding, read whole) and the cache's stored entries (a static cache is read whole, masked)."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return weights + (cache.stats().bytes if isinstance(cache, DMCCache) else _kv_bytes(cache))
+
+
 def _row(method: str, realised_cr: float, config: BenchConfig, steps: list[float], attention: float,
-         kv: int) -> dict:
-    step = statistics.median(steps)
+         model, cache) -> dict:
+    step, kv = statistics.median(steps), _kv_bytes(cache)
     return {
         "method": method, "cr": realised_cr, "batch": config.batch, "context": config.context,
         "step_seconds": step, "tokens_per_s": config.batch / step,
         "attention_share": attention / sum(steps), "kv_bytes": kv,
-        "kv_bytes_per_sequence": kv / config.batch,
+        "kv_bytes_per_sequence": kv / config.batch, "bytes_read_per_step": _bytes_read(model, cache),
         "peak_memory_bytes": peak_memory_bytes(torch.device(config.device)),
         "device": config.device, "dtype": config.dtype, "steps": len(steps),
     }
@@ -223,14 +230,14 @@ def measure(method: Method, cr: float, config: BenchConfig) -> dict:
                              pad_token_id=tokenizer.pad_token_id,
                              cache=_dense_cache(model, config) if method == "hf_static" else None)
         steps = [b - a for a, b in zip(marks[1:], marks[2:])]
-        kv = _kv_bytes(out.past_key_values if hasattr(out, "past_key_values") else out.cache)
-        return _row(method, 1.0, config, steps, timer.seconds, kv)
+        cache = out.past_key_values if hasattr(out, "past_key_values") else out.cache
+        return _row(method, 1.0, config, steps, timer.seconds, model, cache)
     cache = model.new_cache() if method == "dmc" else _dense_cache(model, config)
     decoder = GreedyDecoder(model, ids, cache)
     for _ in range(config.new_tokens):
         decoder.step()
     realised = cache.stats().compression_ratio if method == "dmc" else 1.0
-    return _row(method, realised, config, decoder.steps, decoder.timer.seconds, _kv_bytes(cache))
+    return _row(method, realised, config, decoder.steps, decoder.timer.seconds, model, cache)
 
 
 @torch.no_grad()
@@ -256,11 +263,11 @@ def measure_paired(crs: list[float], config: BenchConfig) -> dict:
     rows = []
     for decoder in dmc:
         row = _row("dmc", decoder.cache.stats().compression_ratio, config, decoder.steps,
-                   decoder.timer.seconds, _kv_bytes(decoder.cache))
+                   decoder.timer.seconds, decoder.model, decoder.cache)
         row["speedup_vs_vanilla"] = statistics.median(d / m for d, m in zip(dense.steps, decoder.steps))
         rows.append(row)
     return {"context": config.context,
-            "vanilla": _row("vanilla", 1.0, config, dense.steps, dense.timer.seconds, _kv_bytes(dense.cache)),
+            "vanilla": _row("vanilla", 1.0, config, dense.steps, dense.timer.seconds, model, dense.cache),
             "dmc": rows}
 
 
