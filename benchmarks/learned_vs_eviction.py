@@ -49,6 +49,9 @@ def main() -> None:
     parser.add_argument("--corpora", nargs="+", default=["manpages"], help="held-out corpora scored (test splits)")
     parser.add_argument("--calibrate-on", default="english+austen+bible", help="the retrofit's training mixture")
     parser.add_argument("--calibrate-tokens", type=int, default=8192)
+    parser.add_argument("--eviction-window", type=int, default=None,
+                        help="DMS: evaluate with this eviction window instead of the one it trained with")
+    parser.add_argument("--sinks", type=int, default=0, help="first tokens the learned policy never compresses")
     parser.add_argument("--held", action="store_true", help="DMS: hold the calibrated per-layer shares of kept "
                                                              "tokens on the evaluated text (calibrate_hold)")
     parser.add_argument("--max-tokens", type=int, default=34816, help="test tokens per corpus (17 windows of 2048)")
@@ -61,7 +64,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
 
-    learned, tokenizer = load(args.checkpoint)
+    learned, tokenizer = load(args.checkpoint, sinks=args.sinks,
+                              **({"eviction_window": args.eviction_window} if args.eviction_window else {}))
     policy = learned.dmc_config.policy
     base, _ = load_causal_lm(args.base)
     plain, _, _ = load_base(args.checkpoint)            # the checkpoint's weights, compression off
@@ -100,6 +104,8 @@ def main() -> None:
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     header = {"command": command, "machine": machine("cpu"), "date": datetime.date.today().isoformat(),
               "checkpoint": args.checkpoint, "context": args.context, "chunk": args.chunk,
+              "eviction_window": learned.dmc_config.eviction_window if policy == "dms" else None,
+              "sinks": args.sinks,
               "thresholds": {str(r): t for r, t in thresholds.items()}}
     write_json(args.out.with_suffix(".json"), {**header, "rows": rows})
     plot(rows, args.out.with_name(args.out.stem + "_perplexity.png"), args)
@@ -133,6 +139,8 @@ def page(rows: list[dict], header: dict, args) -> str:
     lines = [f"# {header['checkpoint']} against training-free eviction at equal memory", "",
              f"- Command: `{header['command']}`", f"- Machine: {header['machine']}", f"- Date: {header['date']}", "",
              f"Context {args.context}; {rows[0]['tokens']} scored tokens per cell ({rows[0]['windows']} windows); "
+             + (f"DMS eviction window {header['eviction_window']}; " if header["eviction_window"] else "")
+             + f"{header['sinks']} sink tokens never compressed; " +
              f"peers read {args.chunk} tokens per forward after the first (more favours them). "
              + ("Per-layer shares of kept tokens calibrated on the training mixture's validation split and held "
                 "by ranking (calibrate_hold); realised there: " if args.held else

@@ -109,20 +109,26 @@ def test_bfloat16_model_decodes_like_its_teacher_forced_pass():
     assert (decoded.float() - teacher_forced).abs().max() < 0.05 * teacher_forced.abs().max()
 
 
+@pytest.mark.parametrize("sinks", [0, 9])
 @pytest.mark.parametrize("policy", ["dmc", "dms"])
-def test_chunked_prefill_continuing_a_cache_equals_teacher_forcing(policy):
-    """Chunks of 7 through a cache, merge or eviction window 4, query blocks of 5 (none aligned)."""
+def test_chunked_prefill_continuing_a_cache_equals_teacher_forcing(policy, sinks):
+    """Chunks of 7 through a cache, merge or eviction window 4, query blocks of 5 (none aligned);
+    with sinks, the first 9 tokens (more than a chunk) are never merged into or evicted."""
     model = tiny_model()
     ids = torch.randint(0, 97, (2, 45))
     if policy == "dmc":
-        config = DMCConfig(decision_bias=half_merging_bias(model, ids), window=4, query_chunk=5, page_size=4)
+        config = DMCConfig(decision_bias=half_merging_bias(model, ids), window=4, query_chunk=5, page_size=4,
+                           sinks=sinks)
     else:
         config = DMCConfig(policy="dms", decision_bias=half_evicting_bias(model, ids), eviction_window=4,
-                           query_chunk=5, page_size=4)
+                           query_chunk=5, page_size=4, sinks=sinks)
     convert(model, config)
     with torch.no_grad():
         teacher_forced = model(ids, use_cache=False).logits
-        decided = torch.stack([a.last_alpha.mean() for a in model.dmc_attentions()]).mean()
+        alphas = torch.stack([a.last_alpha for a in model.dmc_attentions()])          # (layers, B, H, L)
+        decided = alphas.mean()
+        # DMC's alpha_t merges token t into t-1's slot; DMS's alpha_j evicts token j
+        assert not alphas[..., :sinks + (policy == "dmc")].any()
         cache = model.new_cache()
         chunked = torch.cat([model(ids[:, s:s + 7], cache=cache).logits for s in range(0, 45, 7)], 1)
     assert 0.3 < decided < 0.7

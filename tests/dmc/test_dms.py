@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dynacomp.dmc import DMCConfig, convert, load, save
-from dynacomp.dmc.modeling.channels import eviction_rows
+from dynacomp.dmc.modeling.channels import eviction_probes, eviction_rows, train_decision_rows_only
 from dynacomp.dmc.modeling.dms_attention import trailing_quantile
 from dynacomp.dmc.retrofit.recipe import calibrate_hold, read_through_caches
 
@@ -164,8 +164,9 @@ def test_trailing_quantile_matches_its_definition_with_padding_and_chunks():
     torch.testing.assert_close(torch.cat(pieces, 2)[:, 0], expected)
 
 
-def test_hold_keep_is_exact_across_prefill_decoding_and_padding_and_holds_the_ratio():
-    model, ids = dms_model(window=3, length=96, hold_keep=(0.25,), control_window=16)
+@pytest.mark.parametrize("sinks", [0, 5])
+def test_hold_keep_is_exact_across_prefill_decoding_and_padding_and_holds_the_ratio(sinks):
+    model, ids = dms_model(window=3, length=96, hold_keep=(0.25,), control_window=16, sinks=sinks)
     with torch.no_grad():
         teacher_forced = model(ids, use_cache=False).logits
         evictions = torch.stack([a.last_alpha for a in model.dmc_attentions()])       # (layers, B, H, L)
@@ -181,7 +182,7 @@ def test_hold_keep_is_exact_across_prefill_decoding_and_padding_and_holds_the_ra
     assert torch.equal(together[1, 40:], alone[0, 28:])
     # Every layer evicts 1 - 1/4 of its tokens (the first ones see short windows), whatever its logits.
     per_layer = evictions[..., 16:-1].mean((1, 2, 3))
-    assert ((per_layer - 0.75).abs() < 0.08).all()
+    assert ((per_layer - 0.75).abs() < 0.08).all() and not evictions[..., :sinks].any()
     assert cache.stats().bytes > 0 and torch.equal(cache.slots(), chunked_cache.slots())
 
 
@@ -202,3 +203,44 @@ def test_calibrated_shares_hold_the_ratio_on_other_text(tmp_path):
     assert loaded.dmc_config.hold_keep == pytest.approx(keep)
     with torch.no_grad():
         torch.testing.assert_close(loaded(other[None, :96]).logits, model(other[None, :96]).logits)
+
+
+def probe_model(length=48, **config):
+    """A DMS model reading its evictions from random probes that evict about half the tokens."""
+    model = tiny_model("llama", seed=0)
+    base = copy.deepcopy(model)
+    ids = torch.randint(0, 97, (2, length), generator=torch.Generator().manual_seed(0))
+    convert(model, DMCConfig(policy="dms", eviction_probe=True, decision_bias=0.0, eviction_window=3, page_size=4,
+                             **config))
+    with torch.no_grad():
+        for probe in eviction_probes(model):
+            probe.weight.normal_(generator=torch.Generator().manual_seed(1))
+    return model, base, ids
+
+
+def test_an_eviction_probe_leaves_the_base_model_whole_and_decodes_exactly(tmp_path):
+    model, base, ids = probe_model()
+    with torch.no_grad():
+        teacher_forced = model(ids, use_cache=False).logits
+        evictions = torch.stack([a.last_alpha for a in model.dmc_attentions()]).mean()
+        decoded, _ = decode_step_by_step(model, ids, prefix=13)
+        cache = model.new_cache()
+        chunked = torch.cat([model(ids[:, s:s + 7], cache=cache).logits for s in range(0, 48, 7)], 1)
+        kept = convert(copy.deepcopy(model), replace(model.dmc_config, decision_threshold=float("inf")))
+        torch.testing.assert_close(kept(ids, use_cache=False).logits, base(ids).logits)   # every channel kept
+    assert 0.2 < evictions < 0.8
+    assert (teacher_forced - decoded).abs().max() <= 1e-4 and (teacher_forced - chunked).abs().max() <= 1e-4
+    save(model, tmp_path / "probe")
+    loaded, _ = load(tmp_path / "probe")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids, use_cache=False).logits, teacher_forced)
+
+
+def test_decisions_only_training_of_a_probe_moves_the_probe_alone():
+    model, base, ids = probe_model()
+    model.train()
+    trained = train_decision_rows_only(model, "dms")
+    out = model(ids, labels=ids)
+    (out.loss + torch.stack([a.last_alpha.mean() for a in model.dmc_attentions()]).mean()).backward()
+    assert trained == [p.weight for p in eviction_probes(model)] and all(p.grad.abs().sum() > 0 for p in trained)
+    assert all(p.grad is None for name, p in model.named_parameters() if ".eviction_probe." not in name)

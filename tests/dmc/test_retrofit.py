@@ -261,3 +261,23 @@ def test_training_only_the_decision_rows_leaves_every_other_weight_alone(tiny_fo
             assert changed[rows].any() and not changed[[r for r in range(len(changed)) if r not in rows]].any()
         else:
             assert not changed.any(), name
+
+
+def test_a_probe_retrofit_trains_the_probe_alone_and_resumes_from_its_checkpoint(tiny_folder, tmp_path):
+    """--eviction-probe with --train-params decisions: the saved model is the base model plus probes,
+    and an --init continuation starts from those probes, not from fresh ones."""
+    config = tiny_config(*tiny_folder, policy="dms", eviction_window=4, distill=1.0, train_params="decisions",
+                         eviction_probe=True, decision_scale=100.0, retrofit_steps=3, finetune_steps=0)
+    retrofit(config, tmp_path / "first")
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_folder[0])
+    plain, _, _ = load_base(tmp_path / "first" / "model")
+    assert all(torch.equal(a, b) for a, b in zip(plain.parameters(), base.parameters()))
+    model, _ = load(tmp_path / "first" / "model")
+    probes = [p.weight.clone() for p in channels.eviction_probes(model)]
+    assert probes and all(p.abs().sum() > 0 for p in probes)
+    more = replace(config, init=str(tmp_path / "first" / "model"), retrofit_steps=0, finetune_steps=1, lr=0.0)
+    retrofit(more, tmp_path / "more")
+    again, _ = load(tmp_path / "more" / "model")
+    assert all(torch.allclose(a, p.weight) for a, p in zip(probes, channels.eviction_probes(again)))

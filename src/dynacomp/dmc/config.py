@@ -31,6 +31,12 @@ class DMCConfig:
         0.0, help="hard decisions (inference) merge where the decision logit exceeds this; below 0 merges more. "
                   "Training never uses it: a retrofit's realised ratio can be tuned on held-out text afterwards "
                   "(dynacomp.dmc.retrofit.calibrate_threshold)")
+    eviction_probe: bool = field(
+        False, help="dms: read the eviction logits from an added linear probe of each layer's input (hidden size "
+                    "-> KV heads) instead of a repurposed query channel: attention keeps every channel, so a "
+                    "retrofit training only the probe (--train-params decisions) leaves the model the base model")
+    sinks: int = field(0, help="tokens at the start of a sequence that are never merged (dmc) or evicted (dms): "
+                                "attention sinks, which StreamingLLM and H2O keep; 0 as in the papers")
     hold_keep: tuple[float, ...] | None = field(
         None, help="dms: the share of tokens each layer keeps, held at inference on any text instead of comparing "
                    "logits to decision_threshold (one number per layer, or one for all): a layer evicts the tokens "
@@ -51,8 +57,12 @@ class DMCConfig:
         if self.hold_keep is not None and (self.policy != "dms" or not all(0 < k <= 1 for k in self.hold_keep)):
             raise ValueError(f"hold_keep holds DMS's shares of kept tokens, each in (0, 1]; got {self.hold_keep} "
                              f"with policy {self.policy}")
+        if self.sinks < 0:
+            raise ValueError(f"sinks must be >= 0, got {self.sinks}")
         if self.control_window < 2:
             raise ValueError(f"control_window must be >= 2, got {self.control_window}")
+        if self.eviction_probe and self.policy != "dms":
+            raise ValueError("eviction_probe is DMS's; DMC reads its decisions from the key and query channels")
         if self.policy == "dms" and self.force_cr is not None:
             raise ValueError("force_cr is a fixed merge pattern of DMC; DMS has no forced variant")
         if self.window < 1:

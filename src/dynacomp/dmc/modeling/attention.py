@@ -201,10 +201,10 @@ class DMCAttention(LearnedCacheAttention):
         """alpha (B, H, L) and the key bias log(1 - alpha_{i+1}) (B, H, L; None for one token).
 
         Training: Gumbel-sigmoid relaxation, soft alpha. Otherwise hard decisions (straight-through
-        when gradients flow). The first token of a sequence and padding never merge; padding keys
-        are hidden from every later query.
+        when gradients flow). The first token of a sequence (and the one after each of the ``sinks``
+        tokens kept alone) and padding never merge; padding keys are hidden from every later query.
         """
-        can_merge = (real & (token_index > 0))[:, None, :]
+        can_merge = (real & (token_index > self.dmc.sinks))[:, None, :]
         if self.dmc.force_cr is not None:
             forced = decisions.forced_decisions(token_index, self.dmc.force_cr)[:, None, :].expand(-1, k.shape[1], -1)
             alpha = forced.to(k.dtype) * can_merge

@@ -13,7 +13,9 @@ computes.
 
 DMS (``policy="dms"``) reads one eviction logit per KV head from the last channel of the *first*
 query head of its group, as the public DMS code does, and zeroes only that channel: the other heads
-keep all their channels, so the model loses less than under DMC.
+keep all their channels, so the model loses less than under DMC. With ``eviction_probe`` it reads
+them from an added linear probe instead and no channel is touched; the functions below then zero,
+scale and train the probe's weights.
 
 Shapes: B batch, H KV heads, G query heads per KV head, L tokens, D head dim.
 """
@@ -103,9 +105,19 @@ def _weights(modules: tuple[nn.Module | None, ...], dim: int):
             yield module.weight, -1
 
 
+def eviction_probes(model: nn.Module) -> list[nn.Linear]:
+    """The eviction probes of a DMS model converted with ``eviction_probe`` (else none)."""
+    return [layer.self_attn.eviction_probe for layer in model.model.layers
+            if hasattr(layer.self_attn, "eviction_probe")]
+
+
 @torch.no_grad()
 def scale_eviction_rows(model: nn.Module, scale: float) -> None:
-    """Multiply the q projection rows (and biases) DMS reads by ``scale`` in every layer."""
+    """Multiply the q projection rows (and biases) DMS reads, or its probes, by ``scale`` in every layer."""
+    if eviction_probes(model):
+        for probe in eviction_probes(model):
+            probe.weight *= scale
+        return
     rows = eviction_rows(model.config)
     for layer in model.model.layers:
         for weight in (layer.self_attn.q_proj.weight, layer.self_attn.q_proj.bias):
@@ -150,6 +162,10 @@ def add_scaling_hooks(model: nn.Module, policy: str, scale_of) -> None:
     computed: a larger learning rate for those rows alone, folded into the weights at the end
     (``fold_scale``)."""
     d = head_dim(model.config)
+    if eviction_probes(model):
+        for probe in eviction_probes(model):
+            probe.register_forward_hook(lambda module, inputs, output: output * scale_of())
+        return
     if policy == "dms":
         rows = eviction_rows(model.config)
 
@@ -173,6 +189,8 @@ def train_decision_rows_only(model: nn.Module, policy: str) -> list[Tensor]:
     it would shrink the frozen rows too)."""
     for param in model.parameters():
         param.requires_grad_(False)
+    if eviction_probes(model):
+        return [probe.weight.requires_grad_(True) for probe in eviction_probes(model)]
     trained = []
     for layer in model.model.layers:
         for name, rows in decision_rows(model.config, policy).items():

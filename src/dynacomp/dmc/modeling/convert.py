@@ -167,9 +167,10 @@ def convert(model: PreTrainedModel, config: DMCConfig | None = None) -> PreTrain
         raise ValueError(f"hold_keep has {len(config.hold_keep)} shares; give one, or one per layer "
                          f"({model.config.num_hidden_layers})")
     if isinstance(model, DMCModelMixin):
-        if config.policy != model.dmc_config.policy:
-            raise ValueError(f"this model was converted for {model.dmc_config.policy}; convert the base model for "
-                             f"{config.policy}")
+        if (config.policy, config.eviction_probe) != (model.dmc_config.policy, model.dmc_config.eviction_probe):
+            raise ValueError(f"this model was converted for {model.dmc_config.policy}"
+                             f"{' with an eviction probe' if model.dmc_config.eviction_probe else ''}; convert the "
+                             "base model for another policy or decision source")
         model.dmc_config = config
         for attention in model.dmc_attentions():
             attention.dmc = config
@@ -215,11 +216,17 @@ def is_dmc_checkpoint(directory: str | Path) -> bool:
 
 def load_base(directory: str | Path, dtype: torch.dtype = torch.float32):
     """``(model, tokenizer, dmc_config)`` of a checkpoint saved by ``save`` (or a shipped delta), the
-    model *not* yet converted: the plain transformers model with the retrofitted weights."""
+    model *not* yet converted: the plain transformers model with the retrofitted weights (an
+    eviction probe, which only a converted model has, is left out)."""
+    return _read_checkpoint(directory, dtype)[:3]
+
+
+def _read_checkpoint(directory: str | Path, dtype: torch.dtype):
+    """``load_base``'s answer and the tensors of the checkpoint that only the converted model holds."""
     from dynacomp.dmc.delta import load_delta_base, shipped
 
     if shipped(directory) is not None:
-        return load_delta_base(shipped(directory), dtype)
+        return (*load_delta_base(shipped(directory), dtype), {})
     directory = Path(directory)
     if not is_dmc_checkpoint(directory):
         raise FileNotFoundError(f"{directory} is not a DMC checkpoint (no dmc_config.json); "
@@ -233,16 +240,17 @@ def load_base(directory: str | Path, dtype: torch.dtype = torch.float32):
     state = {}
     for shard in sorted(directory.glob("*.safetensors")):
         state.update(load_file(shard))
+    converted = {name: state.pop(name) for name in list(state) if ".eviction_probe." in name}
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [m for m in missing if not (m == "lm_head.weight" and base_config.tie_word_embeddings)]
-    if missing or unexpected:
+    if missing or unexpected or bool(converted) != dmc_config.eviction_probe:
         raise ValueError(f"{directory}: checkpoint does not match the model "
-                         f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+                         f"(missing {missing[:5]}, unexpected {(unexpected or list(converted))[:5]})")
     model.tie_weights()
     # The base config is passed so that the tokenizer does not read config.json's DMC model type.
     tokenizer = (AutoTokenizer.from_pretrained(directory, config=base_config)
                  if (directory / "tokenizer_config.json").exists() else None)
-    return model.eval(), tokenizer, dmc_config
+    return model.eval(), tokenizer, dmc_config, {name: t.to(dtype) for name, t in converted.items()}
 
 
 def load(directory: str | Path, dtype: torch.dtype = torch.float32, **overrides):
@@ -253,5 +261,9 @@ def load(directory: str | Path, dtype: torch.dtype = torch.float32, **overrides)
 
     if shipped(directory) is not None:
         return load_delta(shipped(directory), dtype, **overrides)
-    model, tokenizer, dmc_config = load_base(directory, dtype)
-    return convert(model, replace(dmc_config, **overrides)), tokenizer
+    model, tokenizer, dmc_config, converted = _read_checkpoint(directory, dtype)
+    model = convert(model, replace(dmc_config, **overrides))
+    unexpected = model.load_state_dict(converted, strict=False).unexpected_keys
+    if unexpected:
+        raise ValueError(f"{directory}: {unexpected[:3]} belong to no module of the converted model")
+    return model, tokenizer

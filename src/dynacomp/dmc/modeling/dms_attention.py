@@ -27,7 +27,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from dynacomp.dmc.cache.paged import merge_attention
 from dynacomp.dmc.modeling import channels, decisions
@@ -35,7 +35,16 @@ from dynacomp.dmc.modeling.attention import LearnedCacheAttention, apply_rope, m
 
 
 class DMSAttention(LearnedCacheAttention):
-    """DMS's evict-after-a-window key-value memory."""
+    """DMS's evict-after-a-window key-value memory. With ``eviction_probe`` the logits come from
+    ``self.eviction_probe`` (hidden -> H, zero at first) and the queries keep all their channels."""
+
+    def __init__(self, attention: nn.Module, config, num_heads: int, num_kv_heads: int):
+        super().__init__(attention, config, num_heads, num_kv_heads)
+        if config.eviction_probe:
+            weight = self.q_proj.weight
+            self.eviction_probe = nn.Linear(weight.shape[1], num_kv_heads, bias=False, device=weight.device,
+                                            dtype=weight.dtype)
+            nn.init.zeros_(self.eviction_probe.weight)
 
     def forward(self, hidden_states: Tensor, position_embeddings: tuple[Tensor, Tensor],
                 attention_mask: Tensor | None = None, cache=None, past_key_values=None, **kwargs):
@@ -45,18 +54,22 @@ class DMSAttention(LearnedCacheAttention):
         q = self._project(hidden_states, self.q_proj, self.q_norm)           # (B, H*G, L, D)
         k = self._project(hidden_states, self.k_proj, self.k_norm)           # (B, H, L, D)
         v = self._project(hidden_states, self.v_proj, None)
-        layer, real, _, seqs = self._positions(cache, attention_mask, k)
+        layer, real, token_index, seqs = self._positions(cache, attention_mask, k)
 
-        logits = channels.eviction_logits(q, h, self.dmc.decision_bias).float()       # (B, H, L): decides the token before
+        if self.dmc.eviction_probe:
+            logits = self.eviction_probe(hidden_states).transpose(1, 2).float() - self.dmc.decision_bias
+        else:
+            logits = channels.eviction_logits(q, h, self.dmc.decision_bias).float()   # (B, H, L): decides the token before
+            q = channels.without_eviction_channel(q, h)
         if self.dmc.hold_keep is not None and not self.training:
             # A repeated token repeats its first-layer logit, up to float noise that depends on the batch;
             # on a grid of 2^-10 such logits tie exactly, so a quantile ranks them alike in every batch.
             logits = torch.round(logits * 1024) / 1024
         threshold, history = self._threshold(logits, real, layer, seqs)
-        alpha, key_bias = self._decide(logits, real, threshold)
+        alpha, key_bias = self._decide(logits, real & (token_index >= self.dmc.sinks), threshold)
         cos, sin = position_embeddings
         k_rot = apply_rope(k, cos, sin)
-        q_rot = apply_rope(channels.without_eviction_channel(q, h), cos, sin).view(b, h, g, length, d)
+        q_rot = apply_rope(q, cos, sin).view(b, h, g, length, d)
         hidden = ~real[:, None, :].expand(b, h, length)
 
         if layer is None:
@@ -65,6 +78,7 @@ class DMSAttention(LearnedCacheAttention):
             first = real.float().argmax(1)                                               # the first real token
             at_first = first.view(b, 1, 1)
             decided = (logits.gather(2, at_first.expand(b, h, 1)) > threshold.gather(2, at_first))[..., 0]
+            decided &= (token_index.gather(1, first[:, None]) > self.dmc.sinks)      # the token before is no sink
             if length == 1:
                 layer.append_token(seqs, k_rot, v, decided, real)
                 out, _ = layer.attend(seqs, q_rot.reshape(b * h, g, d), self.scaling, with_lse=False)
@@ -96,15 +110,16 @@ class DMSAttention(LearnedCacheAttention):
         threshold, history = trailing_quantile(history, logits, real, keep[self.layer_idx] if len(keep) > 1 else keep[0])
         return threshold, history if layer is not None else None
 
-    def _decide(self, logits: Tensor, real: Tensor, threshold: Tensor) -> tuple[Tensor, Tensor]:
-        """alpha (B, H, L), token j's eviction decided by token j+1's logit (0 where no real token
-        follows in this chunk), and the key bias log(1 - alpha) for queries a window or more later.
+    def _decide(self, logits: Tensor, evictable: Tensor, threshold: Tensor) -> tuple[Tensor, Tensor]:
+        """alpha (B, H, L), token j's eviction decided by token j+1's logit (0 where j is not
+        ``evictable`` (B, L): padding or a sink, or no real token follows in this chunk), and the key
+        bias log(1 - alpha) for queries a window or more later.
 
         Training: Gumbel-sigmoid relaxation, the bias from the soft decision, alpha straight-through
         (the ratio loss counts hard evictions). Otherwise hard decisions (logit > ``threshold``
         (B, 1, L) of the deciding position): the bias is 0 or -inf.
         """
-        follows = F.pad(real[:, 1:] & real[:, :-1], (0, 1), value=False)[:, None, :]     # (B, 1, L)
+        follows = F.pad(evictable[:, 1:] & evictable[:, :-1], (0, 1), value=False)[:, None, :]     # (B, 1, L)
         z = F.pad(logits[..., 1:], (0, 1), value=-math.inf)
         if self.training:
             z = decisions.gumbel_sigmoid_logits(z, self.dmc.temperature)

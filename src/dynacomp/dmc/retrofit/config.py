@@ -26,6 +26,7 @@ class RetrofitConfig:
     model: str = field(DEFAULT_MODEL, help="embedded model name, local transformers folder or Hugging Face id")
     policy: Literal["dmc", "dms"] = _default_of(DMCConfig, "policy")
     eviction_window: int = _default_of(DMCConfig, "eviction_window")
+    eviction_probe: bool = _default_of(DMCConfig, "eviction_probe")
     data: str = field("english", help="corpus name (dynacomp data), a mixture NAME+NAME+... (alternating pieces), "
                                       "or a text file (split 90/5/5 %% by position); "
                                       "trains on its train split, reports on its test split")
@@ -97,7 +98,8 @@ class RetrofitConfig:
                              f"{self.batch_size * self.seq_len} tokens must split into whole sequences of it")
 
     def dmc_config(self) -> DMCConfig:
-        return DMCConfig(policy=self.policy, eviction_window=self.eviction_window, decision_bias=self.decision_bias,
+        return DMCConfig(policy=self.policy, eviction_window=self.eviction_window, eviction_probe=self.eviction_probe,
+                         decision_bias=self.decision_bias,
                          temperature=self.temperature, window=self.window)
 
     def stage_steps(self, stage: str) -> int:

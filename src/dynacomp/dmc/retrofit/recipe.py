@@ -41,7 +41,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dynacomp.config import to_dict
 from dynacomp.dmc.modeling import channels
-from dynacomp.dmc.modeling.convert import convert, load_base, save
+from dynacomp.dmc.modeling.convert import convert, load, save
 from dynacomp.dmc.retrofit.config import STAGES, RetrofitConfig
 from dynacomp.dmc.retrofit.task import RetrofitTask
 from dynacomp.io import figure, read_text, write_json
@@ -96,17 +96,17 @@ def _stage_model(config: RetrofitConfig, stage: str, previous: Path | None) -> n
     """A fresh model for ``stage`` with the previous stage's final weights (fresh, so no module
     is ever wrapped for DDP / FSDP twice)."""
     if config.init:
-        model = load_base(config.init)[0]
+        model = load(config.init)[0]       # converted: an eviction probe is part of its weights
         # Its decision channels hold the folded scale; training applies the scale again.
         channels.fold_scale(model, 1 / config.decision_scale, config.policy)
     else:
         model = load_model(config.model)
+    if stage != "zero_out":
+        convert(model, config.dmc_config())
     if previous is not None:
         load_weights(model, previous)
-    if stage != "zero_out":
-        if stage == "retrofit" and not config.init:
-            channels.zero(model, config.policy)
-        convert(model, config.dmc_config())
+    if stage == "retrofit" and not config.init:
+        channels.zero(model, config.policy)
     return model.train()
 
 
@@ -276,8 +276,6 @@ def calibrate(checkpoint: str | Path, out_dir: str | Path, target_cr: float, bas
     off it), or with ``hold`` the per-layer shares of kept tokens (``calibrate_hold``), save the
     result to ``out_dir/model`` and report it on the test split like ``retrofit``; every evaluation
     on ``device``."""
-    from dynacomp.dmc.modeling.convert import load
-
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     model, tokenizer = load(checkpoint)

@@ -47,7 +47,9 @@ class RetrofitTask:
         """The trained subset (``train_params``); weight decay on matrices only."""
         if self.config.train_params == "decisions":
             return [{"params": channels.train_decision_rows_only(model, self.config.policy), "weight_decay": 0.0}]
-        names = {"all": None, "attention": ("q_proj", "k_proj", "v_proj", "o_proj"), "qk": ("q_proj", "k_proj")}
+        probe = ("eviction_probe",)           # where decisions come from a probe, it trains with the rest
+        names = {"all": None, "attention": ("q_proj", "k_proj", "v_proj", "o_proj", *probe),
+                 "qk": ("q_proj", "k_proj", *probe)}
         wanted = names[self.config.train_params]
         params = []
         for name, param in model.named_parameters():
