@@ -42,7 +42,9 @@ class DMCConfig:
                    "logits to decision_threshold (one number per layer, or one for all): a layer evicts the tokens "
                    "whose eviction logits are in the top 1 - KEEP of its KV heads' last CONTROL_WINDOW logits "
                    "(causal, so prefill equals decoding). A row then holds about KEEP x (tokens - w) + w slots for "
-                   "eviction window w. dmc.retrofit.calibrate_hold measures the shares on the training text")
+                   "eviction window w. dmc.retrofit.calibrate_hold measures the shares on the training text. It "
+                   "holds the ratio, at a price: a text whose tokens the model would keep loses them "
+                   "(docs/results/dms.md)")
     control_window: int = field(256, help="dms with hold_keep: tokens whose logits set each layer's threshold "
                                           "(their logits are kept per row and counted in the cache's bytes)")
     force_cr: float | None = field(

@@ -148,7 +148,8 @@ class CalibrateConfig:
     eval_tokens: int = field(16384, help="test tokens for the report")
     hold: bool = field(False, help="dms: save the per-layer shares of kept tokens at the calibrated threshold, held "
                                    "on any text by ranking eviction logits (DMCConfig.hold_keep), instead of the "
-                                   "threshold, whose ratio does not carry over to other text")
+                                   "threshold, whose ratio does not carry over to other text; the ratio then holds "
+                                   "but quality does not (docs/results/dms.md)")
     device: Device = field("cpu", help="where the bisection and the report's evaluations run")
 
     def __post_init__(self) -> None:
