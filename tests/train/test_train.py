@@ -257,7 +257,8 @@ def test_time_budget_fixes_the_step_count_from_throughput_and_resumes_to_it(tmp_
     steps = result.step
     assert 11 <= steps <= 30
     state = torch.load(result.checkpoint / "trainer.pt", weights_only=True)
-    assert steps == int(0.01 * 60 / state["run_length"]["seconds_per_step"])
+    # a slow machine may spend the budget while measuring: the run then ends with the measurement
+    assert steps == max(11, int(0.01 * 60 / state["run_length"]["seconds_per_step"]))
     lines = metrics(ref)
     fixed = dataclasses.replace(config, steps=steps)
     for step, r in enumerate(lines[11:], start=11):   # before the count is fixed: the peak after warm-up
