@@ -2,18 +2,21 @@
 eviction (StreamingLLM, H2O, TOVA) at equal KV memory, on held-out text of domains the retrofit
 never trained on, with paired bootstrap intervals.
 
-For each target memory ratio the checkpoint's decision threshold is calibrated on the *training*
-mixture's validation split at the evaluation context (never on the evaluated text); with ``--held``
-a DMS checkpoint then holds each layer's share of kept tokens found there by ranking its eviction
-logits (``calibrate_hold``), so the ratio carries over to other text; then, per
+For each target memory ratio the checkpoint's decision threshold is calibrated at the evaluation
+context on a validation split: by default the retrofit's training mixture (the evaluated domain
+unseen, but a threshold realises less on other text), or with ``--calibrate-on CORPUS`` the
+evaluated corpus's own validation split (its test split stays unseen), so that the ratio is the one
+asked for. ``--held`` makes a DMS checkpoint hold each layer's share of kept tokens found there by
+ranking its eviction logits (``calibrate_hold``: the ratio carries over, quality does not); then, per
 corpus, the learned policy is scored first and every peer runs at the memory ratio the learned
 policy realised there (the peers' per-slot statistics counted in their memory, so equal ratios mean
 the peers hold slightly more bytes). Beside them: the unmodified model, and the checkpoint's own
 weights with compression off (what the retrofit's fine-tuning alone costs). Every cell scores the
 same windows, so each learned-vs-peer ratio gets a paired bootstrap 95 % interval over windows.
 
-    python benchmarks/learned_vs_eviction.py --checkpoint runs/dms4/model --ratios 2 4 --context 2048 \\
-        --corpora manpages --max-tokens 34816 --out docs/results/dmc_quality.md
+    python benchmarks/learned_vs_eviction.py --checkpoint runs/dms4_probe/model --eviction-window 256 \\
+        --ratios 2 4 --context 2048 --corpora manpages --calibrate-on manpages --max-tokens 32768 \\
+        --calibrate-tokens 8192 --chunk 64 --out docs/results/dmc_quality.md
 """
 
 from __future__ import annotations
@@ -47,7 +50,9 @@ def main() -> None:
     parser.add_argument("--ratios", nargs="+", type=float, default=[2, 4])
     parser.add_argument("--context", type=int, default=2048)
     parser.add_argument("--corpora", nargs="+", default=["manpages"], help="held-out corpora scored (test splits)")
-    parser.add_argument("--calibrate-on", default="english+austen+bible", help="the retrofit's training mixture")
+    parser.add_argument("--calibrate-on", default="english+austen+bible",
+                        help="where thresholds are calibrated (validation split): the retrofit's training mixture, "
+                             "or the evaluated corpus (its test split stays unseen)")
     parser.add_argument("--calibrate-tokens", type=int, default=8192)
     parser.add_argument("--eviction-window", type=int, default=None,
                         help="DMS: evaluate with this eviction window instead of the one it trained with")
@@ -142,9 +147,9 @@ def page(rows: list[dict], header: dict, args) -> str:
              + (f"DMS eviction window {header['eviction_window']}; " if header["eviction_window"] else "")
              + f"{header['sinks']} sink tokens never compressed; " +
              f"peers read {args.chunk} tokens per forward after the first (more favours them). "
-             + ("Per-layer shares of kept tokens calibrated on the training mixture's validation split and held "
-                "by ranking (calibrate_hold); realised there: " if args.held else
-                "Thresholds calibrated on the training mixture's validation split: ")
+             + (f"Per-layer shares of kept tokens calibrated on the validation split of {args.calibrate_on} and "
+                "held by ranking (calibrate_hold); realised there: " if args.held else
+                f"Thresholds calibrated on the validation split of {args.calibrate_on}: ")
              + ", ".join(f"ratio {r} -> {_setting(t[0])} (realised {t[1]:.2f})" for r, t in header["thresholds"].items())
              + ".",
              "", "| corpus | target | method | memory ratio | perplexity | learned / this (95 % paired CI) |",
