@@ -22,6 +22,7 @@ import asyncio
 import dataclasses
 import datetime
 import json
+import random
 import shlex
 import socket
 import subprocess
@@ -34,7 +35,7 @@ import torch
 from common import machine
 
 from dynacomp.io import figure, write_json, write_text
-from dynacomp.serve.bench import LoadConfig, run_load
+from dynacomp.serve.bench import LoadConfig, prompts_from_corpus, run_load
 from dynacomp.serve.cli import ServeConfig, load_engine, parse_bytes
 from dynacomp.serve.engine import SamplingParams
 
@@ -123,7 +124,7 @@ def greedy_agreement(server: Server, config: ServeConfig, prompts: list[list[int
 
 
 def fixed_workload(args) -> list[list[int]]:
-    """Prompts of exactly input_len tokens cut from the load benchmark's corpus."""
+    """Prompts of exactly input_len tokens cut from the load benchmark's corpus, as it cuts them."""
     from transformers import AutoTokenizer
 
     from dynacomp.data.text import load_split
@@ -131,8 +132,7 @@ def fixed_workload(args) -> list[list[int]]:
 
     tokenizer = AutoTokenizer.from_pretrained(resolve(args.model))
     ids = tokenizer(load_split(LoadConfig.corpus, "test"), add_special_tokens=False)["input_ids"]
-    starts = torch.randint(0, len(ids) - args.input_len, (args.num_prompts,), generator=torch.Generator().manual_seed(0))
-    return [ids[s:s + args.input_len] for s in starts.tolist()]
+    return prompts_from_corpus(ids, [(args.input_len, args.output_len)] * args.num_prompts, random.Random(0))
 
 
 def transformers_anchor(args, prompts: list[list[int]]) -> dict:

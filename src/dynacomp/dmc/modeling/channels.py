@@ -114,9 +114,9 @@ def eviction_probes(model: nn.Module) -> list[nn.Linear]:
 @torch.no_grad()
 def scale_eviction_rows(model: nn.Module, scale: float) -> None:
     """Multiply the q projection rows (and biases) DMS reads, or its probes, by ``scale`` in every layer."""
+    for probe in eviction_probes(model):
+        probe.weight *= scale
     if eviction_probes(model):
-        for probe in eviction_probes(model):
-            probe.weight *= scale
         return
     rows = eviction_rows(model.config)
     for layer in model.model.layers:
@@ -162,9 +162,9 @@ def add_scaling_hooks(model: nn.Module, policy: str, scale_of) -> None:
     computed: a larger learning rate for those rows alone, folded into the weights at the end
     (``fold_scale``)."""
     d = head_dim(model.config)
+    for probe in eviction_probes(model):
+        probe.register_forward_hook(lambda module, inputs, output: output * scale_of())
     if eviction_probes(model):
-        for probe in eviction_probes(model):
-            probe.register_forward_hook(lambda module, inputs, output: output * scale_of())
         return
     if policy == "dms":
         rows = eviction_rows(model.config)
