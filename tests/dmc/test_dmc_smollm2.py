@@ -36,3 +36,21 @@ def test_force_cr_4_compresses_by_4(smollm2):
     assert stats.tokens == 1000
     assert abs(stats.compression_ratio - 4) <= 0.1
     assert all(abs(r - 4) <= 0.1 for layer in stats.per_layer_head for r in layer)
+
+
+def test_the_shipped_probe_model_is_the_base_model_until_it_evicts(smollm2):
+    """smollm2-135m-dms4-probe loads by name from its 211 KB delta: with compression off its logits
+    are the base model's (only the added probe was trained), with it on it holds fewer slots."""
+    from dynacomp.dmc import load
+
+    base, tokenizer = smollm2
+    model, _ = load("smollm2-135m-dms4-probe")
+    assert model.dmc_config.eviction_probe and model.dmc_config.eviction_window == 256
+    text = " ".join(["The grep command searches the named input files for lines containing a match."] * 40)
+    ids = tokenizer(text, return_tensors="pt").input_ids[:, :600]
+    off, _ = load("smollm2-135m-dms4-probe", decision_threshold=float("inf"))
+    cache = model.new_cache()
+    with torch.no_grad():
+        torch.testing.assert_close(off(ids, cache=off.new_cache()).logits, base(ids).logits, atol=1e-4, rtol=0)
+        model(ids, cache=cache)
+    assert cache.stats().compression_ratio > 1.2

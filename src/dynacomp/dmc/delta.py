@@ -4,8 +4,9 @@ A retrofit changes few weights (the attention projections, or fewer); the full c
 135M-parameter model is still half a gigabyte. ``write_delta`` stores only the difference: each
 changed matrix as a rank-``rank`` factorisation of its change (truncated SVD, bf16 factors), the
 rows the policy reads its decisions from exactly (their change is concentrated, a low rank would
-blur it), and changed vectors in full. ``load_delta`` rebuilds the model from the base and the
-delta and converts it with the stored ``DMCConfig``. The report of ``write_delta`` says how much
+blur it), changed vectors in full, and the weights of modules the base does not have (an eviction
+probe) exactly. ``load_delta`` rebuilds the model from the base and the delta, converts it with the
+stored ``DMCConfig`` and restores the added modules. The report of ``write_delta`` says how much
 of the change the factors keep; measure the rebuilt model before shipping it.
 
 Shipped deltas live in ``dynacomp/dmc/shipped/NAME.safetensors`` and load by name
@@ -15,6 +16,7 @@ Shipped deltas live in ``dynacomp/dmc/shipped/NAME.safetensors`` and load by nam
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -25,7 +27,7 @@ from torch import nn
 from dynacomp.config import config_from_dict, to_dict
 from dynacomp.dmc.config import DMCConfig
 from dynacomp.dmc.modeling import channels
-from dynacomp.dmc.modeling.convert import convert
+from dynacomp.dmc.modeling.convert import convert_restoring
 from dynacomp.io import atomic_path
 
 SHIPPED = Path(__file__).with_name("shipped")
@@ -49,7 +51,10 @@ def write_delta(model: nn.Module, base: nn.Module, path: str | Path, base_name: 
     base_state = base.state_dict()
     tensors, kept, total = {}, 0.0, 0.0
     for name, weight in model.state_dict().items():
-        if name not in base_state or not weight.dtype.is_floating_point:
+        if not weight.dtype.is_floating_point:
+            continue
+        if name not in base_state:                 # a module the conversion added: few numbers, kept exactly
+            tensors[f"{name}:added"] = weight.float().contiguous()
             continue
         change = weight.float() - base_state[name].float()
         if not change.any():
@@ -80,23 +85,27 @@ def write_delta(model: nn.Module, base: nn.Module, path: str | Path, base_name: 
 def load_delta(path: str | Path, dtype: torch.dtype = torch.float32, **overrides):
     """``(model, tokenizer)``: the base model with the delta applied, converted for its policy;
     ``overrides`` replace DMCConfig fields."""
-    model, tokenizer, config = load_delta_base(path, dtype)
-    return convert(model, config_from_dict(DMCConfig, to_dict(config) | overrides)), tokenizer
+    model, tokenizer, config, added = load_delta_base(path, dtype)
+    return convert_restoring(model, replace(config, **overrides), added, path), tokenizer
 
 
 def load_delta_base(path: str | Path, dtype: torch.dtype = torch.float32):
-    """``(model, tokenizer, dmc_config)``: the base model with the delta applied, not converted
-    (as ``dynacomp.dmc.load_base`` gives a saved checkpoint)."""
+    """``(model, tokenizer, dmc_config, added)``: the base model with the delta applied, not
+    converted (as ``dynacomp.dmc.load_base`` gives a saved checkpoint), and the tensors of the
+    modules only the converted model has."""
     from dynacomp.models import load_causal_lm
 
     with safe_open(str(path), "pt") as f:
         metadata = f.metadata()
         tensors = {key: f.get_tensor(key) for key in f.keys()}
     model, tokenizer = load_causal_lm(metadata["base"], dtype=dtype)
-    state = model.state_dict()
+    state, added = model.state_dict(), {}
     with torch.no_grad():
         for key, value in tensors.items():
             name, part = key.rsplit(":", 1)
+            if part == "added":
+                added[name] = value.to(dtype)
+                continue
             target = state[name]
             if part == "full":
                 target += value.to(target.dtype)
@@ -104,4 +113,4 @@ def load_delta_base(path: str | Path, dtype: torch.dtype = torch.float32):
                 target += (value.float() @ tensors[f"{name}:v"].float()).to(target.dtype)
             elif part == "rows":
                 target[value] += tensors[f"{name}:row_values"].to(target.dtype)
-    return model.eval(), tokenizer, config_from_dict(DMCConfig, json.loads(metadata["dmc_config"]))
+    return model.eval(), tokenizer, config_from_dict(DMCConfig, json.loads(metadata["dmc_config"])), added

@@ -226,7 +226,7 @@ def _read_checkpoint(directory: str | Path, dtype: torch.dtype):
     from dynacomp.dmc.delta import load_delta_base, shipped
 
     if shipped(directory) is not None:
-        return (*load_delta_base(shipped(directory), dtype), {})
+        return load_delta_base(shipped(directory), dtype)
     directory = Path(directory)
     if not is_dmc_checkpoint(directory):
         raise FileNotFoundError(f"{directory} is not a DMC checkpoint (no dmc_config.json); "
@@ -257,13 +257,16 @@ def load(directory: str | Path, dtype: torch.dtype = torch.float32, **overrides)
     """Load ``(model, tokenizer)`` saved by ``save``, or a shipped delta by its name (e.g.
     ``smollm2-135m-dms4``); ``overrides`` replace DMCConfig fields (e.g. ``force_cr=4``,
     ``page_size=32``)."""
-    from dynacomp.dmc.delta import load_delta, shipped
-
-    if shipped(directory) is not None:
-        return load_delta(shipped(directory), dtype, **overrides)
     model, tokenizer, dmc_config, converted = _read_checkpoint(directory, dtype)
-    model = convert(model, replace(dmc_config, **overrides))
+    return convert_restoring(model, replace(dmc_config, **overrides), converted, directory), tokenizer
+
+
+def convert_restoring(model: PreTrainedModel, dmc_config: DMCConfig, converted: dict[str, torch.Tensor],
+                      source: str | Path) -> PreTrainedModel:
+    """``convert`` a loaded base model, then put back the tensors ``source`` stores for modules
+    that only a converted model has (an eviction probe)."""
+    model = convert(model, dmc_config)
     unexpected = model.load_state_dict(converted, strict=False).unexpected_keys
     if unexpected:
-        raise ValueError(f"{directory}: {unexpected[:3]} belong to no module of the converted model")
-    return model, tokenizer
+        raise ValueError(f"{source}: {unexpected[:3]} belong to no module of the converted model")
+    return model
