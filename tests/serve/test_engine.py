@@ -43,12 +43,32 @@ def test_a_squeezed_budget_preempts_and_recomputes_the_same_outputs(kind, tokeni
     batch = prompts(8, seed=1)
     roomy = Engine(model, tokenizer, EngineConfig(kv_budget=10**7))
     expected = [r.output for r in roomy.generate_batch(batch, GREEDY)]
-    tight = Engine(model, tokenizer, EngineConfig(kv_budget=80_000, max_batched_tokens=64))
+    # Reserving a tenth of what running requests will still write, the engine admits too many.
+    tight = Engine(model, tokenizer, EngineConfig(kv_budget=80_000, max_batched_tokens=64, reserve_start=0.1,
+                                                  reserve_by_output=False))
     requests = [tight.add_request(p, GREEDY) for p in batch]
     run_checked(tight)
     assert tight.stats.preemptions > 0 and all(r.finish_reason == "length" for r in requests)
     assert [r.output for r in requests] == expected
     assert tight.cache.bytes_in_use() == 0
+
+
+def test_the_reserve_never_falls_below_the_output_finished_requests_generated(tokenizer):
+    """Requests that ran to max_tokens keep the reserve whole; with the blind decay it falls to the floor."""
+    fast = {"kv_budget": 10**7, "reserve_decay": 0.5}
+    full = Engine(served_model("dense"), tokenizer, EngineConfig(**fast))
+    full.generate_batch(prompts(3), GREEDY)
+    assert full.stats.output_share == 1.0 and full.reserve_factor == 1.0
+    blind = Engine(served_model("dense"), tokenizer, EngineConfig(**fast, reserve_by_output=False))
+    blind.generate_batch(prompts(3), GREEDY)
+    assert blind.reserve_factor == blind.config.reserve_floor
+    short = Engine(served_model("dense"), tokenizer, EngineConfig(**fast))
+    (greedy,) = short.generate_batch([[5, 6, 7]], GREEDY)
+    stop = short.text(greedy)[4:6]
+    (stopped,) = short.generate_batch([[5, 6, 7]], SamplingParams(max_tokens=12, temperature=0, stop=(stop,)))
+    share = (12 + len(stopped.output)) / 24
+    assert stopped.finish_reason == "stop" and share < 1 and short.stats.output_share == pytest.approx(share)
+    assert short.reserve_factor == pytest.approx(max(share, short.config.reserve_floor))
 
 
 def test_abort_frees_pages_at_once_and_others_finish(tokenizer):
