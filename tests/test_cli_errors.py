@@ -185,8 +185,11 @@ def test_debug_shows_the_traceback_then_the_same_line(bad_inputs, how):
 
 def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_resume(tmp_path):
     argv = ["dtp", "train", "--out", "run", "--checkpoint-every", "2", "--warmup-steps", "0", *TINY_DTP]
+    # A suite started in the background (`make test &`, nohup) ignores SIGINT, and a child inherits
+    # that, as a background job should; this one is Ctrl-C'd, so it starts with the default action.
     proc = subprocess.Popen([sys.executable, "-m", "dynacomp.cli", *argv, "--steps", "100000"], cwd=tmp_path,
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + TIMEOUT
     while not list((tmp_path / "run" / "checkpoints").glob("step_*")):
         if proc.poll() is not None or time.monotonic() > deadline:
