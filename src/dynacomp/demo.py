@@ -2,9 +2,9 @@
 
 Loads the embedded SmolLM2-135M and the retrofitted adapter dynacomp ships (a small delta over it;
 no training), then side by side for the original model and the compressed one: greedy
-continuations of a few varied prompts with the KV bytes each cache holds, the realised
-compression ratio and tokens/s, and the perplexity of held-out passages: one of a domain the
-retrofit never saw, one of a domain it trained on. Writes OUT/report.md and OUT/kv_ratio_heatmap.png
+continuations of held-out passages of 1,024 tokens with the KV bytes each cache holds, the
+realised compression ratio and tokens/s, and the perplexity of held-out passages of 2,048 tokens:
+one of a domain the retrofit never saw, one of a domain it trained on. Writes OUT/report.md and OUT/kv_ratio_heatmap.png
 (tokens per KV slot of every layer and KV head on the last passage). ``--retrofit`` instead runs a
 few-minute retrofit from scratch (it reaches the ratio, not the quality: docs/results/dmc_retrofit.md
 has real runs).
@@ -20,32 +20,34 @@ import torch
 
 from dynacomp.console import add_json_flag, emit, format_mapping
 
-SHIPPED = "smollm2-135m-dms4"
-PROMPTS = ("It is a truth universally acknowledged, that a single man in possession of a good fortune,",
-           "The grep command searches the named input files for lines containing",
-           "In the beginning God created the heavens and the earth. Now the earth",
-           "To make a cup of tea, first boil the water, then")
+# The DMS retrofit whose eviction decisions come from an added probe (the only part trained): with
+# compression off it is the base model; its threshold is set for memory ratio 4 on manpages' validation split.
+SHIPPED = "smollm2-135m-dms4-probe"
 NEW_TOKENS = 120
 PASSAGE_TOKENS = 2048
+# Continuations read prompts of held-out text far longer than the 256 tokens DMS keeps exact, so
+# that the cache has something to evict: two of each passage's corpus, after the scored passage.
+PROMPT_TOKENS = 1024
+PROMPTS_PER_CORPUS = 2
 # Held-out test splits: one of a domain the adapter was retrofitted on (other chapters of the same
 # novels), one of a domain it never saw.
-PASSAGES = {"austen": "held out, trained domain", "manpages": "held out, domain never trained on"}
+PASSAGES = {"austen": "held out, trained domain",
+            "manpages": "held out, domain never trained on (its validation split set the threshold)"}
 
 
-def side_by_side(model, tokenizer, new_cache) -> dict:
-    """Greedy continuations of PROMPTS in one batch (left-padded), with the cache's stats and speed."""
-    tokenizer.padding_side = "left"
-    batch = tokenizer(list(PROMPTS), return_tensors="pt", padding=True)
+def side_by_side(model, tokenizer, prompts: torch.Tensor, new_cache) -> dict:
+    """Greedy continuations of ``prompts`` (B, PROMPT_TOKENS) in one batch, with the cache's stats and speed."""
     cache = new_cache()
     started = time.perf_counter()
     with torch.no_grad():
-        out = model.generate(**batch, cache=cache, max_new_tokens=NEW_TOKENS, do_sample=False,
+        out = model.generate(prompts, attention_mask=torch.ones_like(prompts), cache=cache,
+                             max_new_tokens=NEW_TOKENS, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
     seconds = time.perf_counter() - started
     stats = cache.stats()
-    texts = tokenizer.batch_decode(out[:, batch.input_ids.shape[1]:], skip_special_tokens=True)
+    texts = tokenizer.batch_decode(out[:, prompts.shape[1]:], skip_special_tokens=True)
     return {"texts": texts, "kv_bytes": stats.bytes, "compression_ratio": stats.compression_ratio,
-            "memory_ratio": stats.memory_ratio, "tokens_per_s": len(PROMPTS) * NEW_TOKENS / seconds}
+            "memory_ratio": stats.memory_ratio, "tokens_per_s": prompts.shape[0] * NEW_TOKENS / seconds}
 
 
 def passage_perplexity(model, ids: torch.Tensor, new_cache) -> tuple[float, object]:
@@ -72,11 +74,15 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     base, tokenizer = load_causal_lm(DEFAULT_MODEL)
     dms, _ = load(SHIPPED)
-    dense = {"original": side_by_side(base, tokenizer, lambda: DenseCache(config=base.config))}
-    compressed = side_by_side(dms, tokenizer, dms.new_cache)
+    tests = {corpus: tokenizer(load_split(corpus, "test"), add_special_tokens=False)["input_ids"] for corpus in PASSAGES}
+    prompts = torch.tensor([tests[corpus][start:start + PROMPT_TOKENS] for corpus in PASSAGES
+                            for start in range(PASSAGE_TOKENS, PASSAGE_TOKENS + PROMPTS_PER_CORPUS * PROMPT_TOKENS,
+                                               PROMPT_TOKENS)])
+    dense = {"original": side_by_side(base, tokenizer, prompts, lambda: DenseCache(config=base.config))}
+    compressed = side_by_side(dms, tokenizer, prompts, dms.new_cache)
     passages = {}
     for corpus, label in PASSAGES.items():
-        ids = torch.tensor(tokenizer(load_split(corpus, "test"), add_special_tokens=False)["input_ids"][:PASSAGE_TOKENS])
+        ids = torch.tensor(tests[corpus][:PASSAGE_TOKENS])
         base_ppl, _ = passage_perplexity(base, ids, lambda: DenseCache(config=base.config))
         dms_ppl, cache = passage_perplexity(dms, ids, dms.new_cache)
         passages[corpus] = {"text": f"{label}: {corpus} test split, first {ids.numel()} tokens", "original": base_ppl,
@@ -86,8 +92,8 @@ def run(args: argparse.Namespace) -> int:
                     f"{SHIPPED}: tokens per KV slot on {PASSAGE_TOKENS} tokens of {corpus}")
     result = {
         "model": f"smollm2-135m and {SHIPPED}",
-        "generation": [{"prompt": p, "original": a, "compressed": b}
-                       for p, a, b in zip(PROMPTS, dense["original"]["texts"], compressed["texts"])],
+        "generation": [{"prompt_end": "..." + tokenizer.decode(p)[-160:], "original": a, "compressed": b}
+                       for p, a, b in zip(prompts, dense["original"]["texts"], compressed["texts"])],
         "kv_bytes": {"original": dense["original"]["kv_bytes"], "compressed": compressed["kv_bytes"]},
         "memory_ratio": compressed["memory_ratio"],
         "tokens_per_s": {"original": dense["original"]["tokens_per_s"], "compressed": compressed["tokens_per_s"]},
@@ -102,13 +108,14 @@ def run(args: argparse.Namespace) -> int:
 def report_page(result: dict, heatmap: Path) -> str:
     lines = ["# dynacomp demo", "", f"Models: {result['model']}.", "",
              "| | original | compressed |", "|---|---|---|",
-             f"| KV bytes after {NEW_TOKENS} new tokens x {len(PROMPTS)} prompts | {result['kv_bytes']['original']:,} | "
+             f"| KV bytes after {PROMPT_TOKENS} prompt + {NEW_TOKENS} new tokens x {len(result['generation'])} prompts | "
+             f"{result['kv_bytes']['original']:,} | "
              f"{result['kv_bytes']['compressed']:,} (memory ratio {result['memory_ratio']:.2f}) |",
              f"| tokens/s | {result['tokens_per_s']['original']:.1f} | {result['tokens_per_s']['compressed']:.1f} |",
              *(f"| perplexity, {p['text']} | {p['original']:.2f} | {p['compressed']:.2f} "
                f"(memory ratio {p['memory_ratio']:.2f}) |" for p in result["held_out_perplexity"].values()), ""]
     for g in result["generation"]:
-        lines += [f"**{g['prompt']}**", "", f"- original: {g['original']!r}", f"- compressed: {g['compressed']!r}", ""]
+        lines += [f"**{g['prompt_end']}**", "", f"- original: {g['original']!r}", f"- compressed: {g['compressed']!r}", ""]
     lines += [f"![tokens per KV slot]({heatmap.name})", ""]
     return "\n".join(lines)
 
