@@ -13,10 +13,13 @@ policy realised there (the peers' per-slot statistics counted in their memory, s
 the peers hold slightly more bytes). Beside them: the unmodified model, and the checkpoint's own
 weights with compression off (what the retrofit's fine-tuning alone costs). Every cell scores the
 same windows, so each learned-vs-peer ratio gets a paired bootstrap 95 % interval over windows.
+With ``--passkey-trials N``, passkey retrieval at the evaluation context for each ratio: the learned
+policy at its threshold, every peer at the memory ratio the learned policy realised on the passkey
+prompts (the same keys and depths for all), accuracy with Wilson 95 % intervals.
 
     python benchmarks/learned_vs_eviction.py --checkpoint runs/dms4_probe/model --eviction-window 256 \\
         --ratios 2 4 --context 2048 --corpora manpages --calibrate-on manpages --max-tokens 32768 \\
-        --calibrate-tokens 8192 --chunk 64 --out docs/results/dmc_quality.md
+        --calibrate-tokens 8192 --chunk 64 --passkey-trials 50 --out docs/results/dmc_quality.md
 """
 
 from __future__ import annotations
@@ -35,11 +38,11 @@ from common import machine
 
 from dynacomp.data.text import load_split
 from dynacomp.dmc import convert, load, load_base
-from dynacomp.dmc.evaluation.harness import EvalOptions, perplexity_online
+from dynacomp.dmc.evaluation.harness import EvalOptions, passkey, perplexity_online
 from dynacomp.dmc.policies import POLICIES
 from dynacomp.dmc.retrofit.recipe import calibrate_hold, calibrate_threshold, load_text
 from dynacomp.io import figure, write_json, write_text
-from dynacomp.metrics.intervals import paired_perplexity_ratio
+from dynacomp.metrics.intervals import paired_perplexity_ratio, wilson
 from dynacomp.models import load_causal_lm
 
 
@@ -60,11 +63,14 @@ def main() -> None:
     parser.add_argument("--held", action="store_true", help="DMS: hold the calibrated per-layer shares of kept "
                                                              "tokens on the evaluated text (calibrate_hold)")
     parser.add_argument("--max-tokens", type=int, default=34816, help="test tokens per corpus (17 windows of 2048)")
-    parser.add_argument("--peers", nargs="+", default=["streaming_llm", "h2o", "tova"])
+    parser.add_argument("--peers", nargs="*", default=["streaming_llm", "h2o", "tova"],
+                        help="training-free policies run at the learned policy's ratio (none: the learned policy alone)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--chunk", type=int, default=16,
                         help="tokens per forward for the peers (1: exact; more lets a chunk see itself uncompressed, "
                              "which favours the peers)")
+    parser.add_argument("--passkey-trials", type=int, default=0,
+                        help="passkey prompts per ratio at the evaluation context (0: none)")
     parser.add_argument("--out", type=Path, default=Path("docs/results/dmc_quality.md"))
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -94,7 +100,7 @@ def main() -> None:
     for corpus in args.corpora:
         score(base, "vanilla", 1, corpus, "unmodified model")
         score(uncompressed, policy, 1, corpus, f"{policy.upper()} weights, compression off")
-    thresholds, calibrate = {}, calibrate_hold if args.held else calibrate_threshold
+    thresholds, keys, calibrate = {}, [], calibrate_hold if args.held else calibrate_threshold
     label = f"{policy.upper()} (trained{', held shares' if args.held else ''})"
     for ratio in args.ratios:
         model = copy.deepcopy(learned)
@@ -105,6 +111,8 @@ def main() -> None:
                 other = score(base, peer, mine["ratio"], corpus, POLICIES[peer].label, ratio)
                 other["vs_learned"] = paired_perplexity_ratio(mine["window_nll"], other["window_nll"],
                                                               mine["window_tokens"])
+        if args.passkey_trials:
+            keys += passkey_at_equal_memory(model, base, tokenizer, policy, label, ratio, args)
 
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     header = {"command": command, "machine": machine("cpu"), "date": datetime.date.today().isoformat(),
@@ -112,9 +120,38 @@ def main() -> None:
               "eviction_window": learned.dmc_config.eviction_window if policy == "dms" else None,
               "sinks": args.sinks,
               "thresholds": {str(r): t for r, t in thresholds.items()}}
-    write_json(args.out.with_suffix(".json"), {**header, "rows": rows})
+    write_json(args.out.with_suffix(".json"), {**header, "rows": rows, "passkey": keys})
     plot(rows, args.out.with_name(args.out.stem + "_perplexity.png"), args)
-    write_text(args.out, page(rows, header, args))
+    write_text(args.out, page(rows, header, args) + passkey_page(keys, args))
+
+
+def passkey_at_equal_memory(learned, base, tokenizer, policy: str, label: str, target: float, args) -> list[dict]:
+    """Passkey rows at one target ratio: the learned policy first, then each peer at the ratio it realised."""
+    options = EvalOptions(chunk=args.chunk)
+    mine = passkey(learned, tokenizer, policy, 1, [args.context], args.passkey_trials, 0, options)
+    rows = [{"name": label, "target": target, **mine}]
+    for peer in args.peers:
+        rows.append({"name": POLICIES[peer].label, "target": target,
+                     **passkey(base, tokenizer, peer, mine["ratio"], [args.context], args.passkey_trials, 0, options)})
+    for row in rows:
+        result = row["results"][0]
+        row["interval"] = wilson(result["correct"], result["trials"])
+        print(f"passkey {row['name']} at {row['ratio']:.2f}: {result['correct']}/{result['trials']}", file=sys.stderr)
+    return rows
+
+
+def passkey_page(keys: list[dict], args) -> str:
+    if not keys:
+        return ""
+    lines = [f"Passkey retrieval at context {args.context} ({args.passkey_trials} prompts per row, the same keys "
+             "and depths in every row; a 5-digit key in filler text, greedy answer); peers at the memory ratio "
+             "the learned policy realised on these prompts:", "",
+             "| target | method | memory ratio | correct | accuracy (95 % Wilson) |", "|---|---|---|---|---|"]
+    for row in keys:
+        result, (low, high) = row["results"][0], row["interval"]
+        lines.append(f"| {row['target']} | {row['name']} | {row['ratio']:.2f} | {result['correct']}/{result['trials']} "
+                     f"| {result['accuracy']:.2f} [{low:.2f}, {high:.2f}] |")
+    return "\n".join(lines + [""])
 
 
 def plot(rows: list[dict], path: Path, args) -> None:
