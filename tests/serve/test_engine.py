@@ -53,6 +53,19 @@ def test_a_squeezed_budget_preempts_and_recomputes_the_same_outputs(kind, tokeni
     assert tight.cache.bytes_in_use() == 0
 
 
+def test_requests_admitted_with_their_growth_never_need_preempting(tokenizer):
+    """A budget for three whole requests (prompt + max_tokens) runs eight of them without a preemption:
+    each is admitted with the pages it will still take, not only its prompt's."""
+    model = served_model("dense")
+    batch = [[7] * 24] * 8
+    probe = Engine(model, tokenizer)
+    engine = Engine(model, tokenizer, EngineConfig(kv_budget=3 * probe._worst_case_bytes(24 + 12) + 1))
+    requests = [engine.add_request(p, GREEDY) for p in batch]
+    run_checked(engine)
+    assert all(r.finish_reason == "length" for r in requests)
+    assert engine.stats.preemptions == 0 and engine.stats.peak_running == 3
+
+
 def test_the_reserve_never_falls_below_the_output_finished_requests_generated(tokenizer):
     """Requests that ran to max_tokens keep the reserve whole; with the blind decay it falls to the floor."""
     fast = {"kv_budget": 10**7, "reserve_decay": 0.5}

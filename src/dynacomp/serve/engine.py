@@ -3,9 +3,10 @@
 One object owns the model and the cache (``Engine``); each ``step``:
 
 1. admits waiting requests first come, first served, while the sequence cap, the step's token
-   budget and the KV budget allow: a request's prompt is counted at the running requests' observed
-   pages per token (every token a slot while nothing is observed), and running requests keep a
-   reserve for the tokens they may still generate (their observed pages per token times a factor
+   budget and the KV budget allow: every request, running or admitted, is counted with what it will
+   still store, at its observed pages per token (the running requests' average for one that stored
+   nothing yet, every token a slot while nothing is observed): the prompt tokens not yet prefilled,
+   and a reserve for the tokens it may still generate (times a factor
    that decays while nothing overflows, SGLang's way, but never below the share of max_tokens that
    finished requests actually generated: requests that all run to their limit would otherwise be
    admitted on a bet that they stop early, and preempted). Counting a compressed prompt at its worst
@@ -224,14 +225,13 @@ class Engine:
         return float(pages.sum()) / sum(r.fed for r in observed)
 
     def _reserve_bytes(self, request: Request) -> float:
-        """Bytes a running request may still grow by, at its observed rate times the reserve factor."""
+        """Bytes a request may still add to the pool, at its observed pages per token: the tokens it
+        has but has not stored (a waiting prompt, the rest of a chunked prefill), the tokens it may
+        still generate times the reserve factor, and its per-sequence state if it holds none yet."""
+        unstored = len(request.tokens) - request.fed
         remaining = request.params.max_tokens - len(request.output)
-        return remaining * self._pages_per_token(request) * self.page_bytes * self.reserve_factor
-
-    def _prompt_bytes(self, request: Request) -> float:
-        """Bytes a waiting request's prompt (and output so far) is expected to take: the observed
-        rate of the running requests, plus its per-sequence state."""
-        return len(request.tokens) * self._pages_per_token(request) * self.page_bytes + self.state_bytes_per_seq
+        tokens = unstored + remaining * self.reserve_factor
+        return tokens * self._pages_per_token(request) * self.page_bytes + (request.seq is None) * self.state_bytes_per_seq
 
     def _step_bytes(self, rows: list[tuple[Request, int]]) -> int:
         """Worst-case bytes this step's writes can add: new pages, and state for new sequences."""
@@ -260,7 +260,7 @@ class Engine:
         reserved = sum(self._reserve_bytes(r) for r in self.running)
         while self.waiting and budget > 0 and len(self.running) < config.max_num_seqs:
             request = self.waiting[0]
-            need = self._prompt_bytes(request)
+            need = self._reserve_bytes(request)
             if self.running and self.kv_bytes() + reserved + need > config.kv_budget:
                 break
             self.waiting.popleft()
@@ -268,7 +268,7 @@ class Engine:
             self.running.append(request)
             prefill.append((request, min(len(request.tokens) - request.fed, budget)))
             budget -= prefill[-1][1]
-            reserved += self._reserve_bytes(request)
+            reserved += need
         decode = [r for r in self.running if len(r.tokens) - r.fed == 1 and r not in {p for p, _ in prefill}]
         while self.kv_bytes() + self._step_bytes([(r, 1) for r in decode] + prefill) > config.kv_budget:
             victim = self.running[-1]
