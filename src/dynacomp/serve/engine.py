@@ -6,10 +6,10 @@ One object owns the model and the cache (``Engine``); each ``step``:
    budget and the KV budget allow: every request, running or admitted, is counted with what it will
    still store, at its observed pages per token (the running requests' average for one that stored
    nothing yet, every token a slot while nothing is observed): the prompt tokens not yet prefilled,
-   and a reserve for the tokens it may still generate (times a factor
-   that decays while nothing overflows, SGLang's way, but never below the share of max_tokens that
-   finished requests actually generated: requests that all run to their limit would otherwise be
-   admitted on a bet that they stop early, and preempted). Counting a compressed prompt at its worst
+   and a reserve for the tokens it may still generate (times a factor that decays while nothing
+   overflows, SGLang's way, but never below the share of max_tokens that finished requests actually
+   generated: requests that all run to their limit would otherwise be admitted on a bet that they
+   stop early, and preempted). Counting a compressed prompt at its worst
    case would admit no more sequences than the dense cache does; an estimate that proves short
    is caught by step 2;
 2. makes sure the step's writes fit the budget at their worst case, preempting the newest running
