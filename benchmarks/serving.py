@@ -22,7 +22,6 @@ import asyncio
 import dataclasses
 import datetime
 import json
-import random
 import shlex
 import socket
 import subprocess
@@ -33,11 +32,11 @@ from pathlib import Path
 import httpx
 import torch
 from common import machine
+from serving_anchor import add_workload_args, anchor_lines, fixed_workload, transformers_anchor
 
 from dynacomp.io import figure, write_json, write_text
-from dynacomp.serve.bench import LoadConfig, prompts_from_corpus, run_load
-from dynacomp.serve.cli import ServeConfig, load_engine, parse_bytes
-from dynacomp.serve.engine import SamplingParams
+from dynacomp.serve.bench import LoadConfig, run_load
+from dynacomp.serve.cli import ServeConfig, load_engine
 
 
 def free_port() -> int:
@@ -74,8 +73,8 @@ def flags_of(config: ServeConfig) -> list[str]:
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         if value != f.default:
-            flag = "--" + f.name.replace("_", "-")
-            flags += [flag] if value is True else [flag, str(value)]
+            name = f.name.replace("_", "-")
+            flags += [f"--{name}"] if value is True else [f"--no-{name}"] if value is False else [f"--{name}", str(value)]
     return flags
 
 
@@ -123,65 +122,14 @@ def greedy_agreement(server: Server, config: ServeConfig, prompts: list[list[int
     return {"concurrency_1": share(single), f"concurrency_{len(prompts)}": share(batched)}
 
 
-def fixed_workload(args) -> list[list[int]]:
-    """Prompts of exactly input_len tokens cut from the load benchmark's corpus, as it cuts them."""
-    from transformers import AutoTokenizer
-
-    from dynacomp.data.text import load_split
-    from dynacomp.models import resolve
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve(args.model))
-    ids = tokenizer(load_split(LoadConfig.corpus, "test"), add_special_tokens=False)["input_ids"]
-    return prompts_from_corpus(ids, [(args.input_len, args.output_len)] * args.num_prompts, random.Random(0))
-
-
-def transformers_anchor(args, prompts: list[list[int]]) -> dict:
-    """Output tokens/s of transformers' continuous batching and of dynacomp's dense engine, offline,
-    greedy, every request generating output_len tokens, at the same KV budget."""
-    from transformers import GenerationConfig
-    from transformers.generation.configuration_utils import ContinuousBatchingConfig
-
-    from dynacomp.models import load_causal_lm
-
-    model, _ = load_causal_lm(args.model)
-    c = model.config
-    token_bytes = 2 * c.num_hidden_layers * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads) * 4
-    blocks = parse_bytes(args.kv_budget) // (args.page_size * token_bytes)
-    generation = GenerationConfig(max_new_tokens=args.output_len, do_sample=False, eos_token_id=None)
-    batching = ContinuousBatchingConfig(num_blocks=blocks, page_size=args.page_size,
-                                        max_batch_tokens=512, max_requests_per_batch=args.max_num_seqs)
-    start = time.perf_counter()
-    out = model.generate_batch(prompts, generation_config=generation, continuous_batching_config=batching, warmup=False)
-    hf_seconds = time.perf_counter() - start
-    hf_tokens = sum(len(o.generated_tokens) for o in out.values())
-
-    engine = load_engine(ServeConfig(model=args.model, dense=True, kv_budget=args.kv_budget,
-                                     page_size=args.page_size, max_num_seqs=args.max_num_seqs))
-    start = time.perf_counter()
-    done = engine.generate_batch(prompts, SamplingParams(max_tokens=args.output_len, temperature=0, ignore_eos=True))
-    ours_seconds = time.perf_counter() - start
-    ours_tokens = sum(len(r.output) for r in done)
-    return {"transformers_generate_batch": {"output_tokens": hf_tokens, "seconds": hf_seconds, "num_blocks": blocks,
-                                            "output_throughput": hf_tokens / hf_seconds},
-            "dynacomp_dense_engine": {"output_tokens": ours_tokens, "seconds": ours_seconds,
-                                      "peak_running": engine.stats.peak_running,
-                                      "output_throughput": ours_tokens / ours_seconds}}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m")
+    add_workload_args(parser)
     parser.add_argument("--trained", nargs="*", default=[], help="retrofitted checkpoints (or shipped names) to add")
     parser.add_argument("--ratios", nargs="*", type=float, default=[2, 4, 8], help="forced DMC ratios")
-    parser.add_argument("--kv-budget", default="48MiB")
-    parser.add_argument("--num-prompts", type=int, default=48)
-    parser.add_argument("--input-len", type=int, default=256)
-    parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--rates", nargs="*", type=float, default=[0.5, 1.0])
     parser.add_argument("--saturation-fraction", type=float, default=0.8,
                         help="also run every server at this fraction of the dense server's all-at-once request rate")
-    parser.add_argument("--page-size", type=int, default=16, help="slots per cache page, the same for every server")
-    parser.add_argument("--max-num-seqs", type=int, default=64)
     parser.add_argument("--check-prompts", type=int, default=16)
     parser.add_argument("--time-limit", type=float, default=900)
     parser.add_argument("--out", type=Path, default=Path("docs/results/serving.md"))
@@ -250,12 +198,7 @@ def main() -> None:
         for x in r["poisson"]:
             lines.append(f"| {name} | {x['request_rate']:g} | {x['output_throughput']:.1f} | {x['median_ttft_ms']:.0f} | "
                          f"{x['median_tpot_ms']:.0f} | {x['p99_e2el_ms']:.0f} |")
-    hf, ours = anchor["transformers_generate_batch"], anchor["dynacomp_dense_engine"]
-    lines += ["", f"Offline, dense, {args.num_prompts} prompts of {args.input_len} tokens, {args.output_len} greedy tokens "
-              f"each, the same KV budget ({hf['num_blocks']} blocks of {args.page_size} for transformers):", "",
-              "| engine | output tokens | seconds | output tok/s |", "|---|---|---|---|",
-              f"| transformers `generate_batch` | {hf['output_tokens']} | {hf['seconds']:.1f} | {hf['output_throughput']:.1f} |",
-              f"| dynacomp dense engine | {ours['output_tokens']} | {ours['seconds']:.1f} | {ours['output_throughput']:.1f} |",
+    lines += ["", *anchor_lines(args, anchor),
               "", f"![throughput and TPOT against load]({args.out.stem}_load.png)", ""]
     write_text(args.out, "\n".join(lines))
 

@@ -44,6 +44,9 @@ class ServeConfig:
     max_num_seqs: int = field(64, help="running sequences at most")
     max_batched_tokens: int = field(512, help="prompt tokens prefilled per engine step (chunked prefill)")
     max_tokens_cap: int = field(1024, help="largest max_tokens a request may ask for")
+    reserve_by_output: bool = field(True, help="admit a request only with room for the share of max_tokens finished "
+                                               "requests generated (--no-reserve-by-output: the reserve decays to 10 %% "
+                                               "as in SGLang, admitting more and preempting by recompute when wrong)")
     max_waiting: int = field(256, help="queued requests at most; more get 429 with Retry-After")
     host: str = field("127.0.0.1", help="address to bind (only this machine by default)")
     port: int = field(8000, help="port")
@@ -77,7 +80,8 @@ def load_engine(config: ServeConfig):
         raise ValueError(f"{config.model} holds no tokenizer: save the checkpoint with its tokenizer")
     model.to(config.device)
     engine_config = EngineConfig(kv_budget=parse_bytes(config.kv_budget), max_num_seqs=config.max_num_seqs,
-                                 max_batched_tokens=config.max_batched_tokens)
+                                 max_batched_tokens=config.max_batched_tokens,
+                                 reserve_by_output=config.reserve_by_output)
     return Engine(model, tokenizer, engine_config, name=config.served_name or config.model)
 
 

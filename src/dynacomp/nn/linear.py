@@ -1,0 +1,35 @@
+"""Linear layers that decode fast on CPU."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class TransposedLinear(nn.Linear):
+    """``nn.Linear`` computed as ``(weight @ x^T)^T`` in float32: same parameters, same state dict.
+
+    A decoding step multiplies every weight by a few rows (one per sequence). For that shape MKL's
+    sgemm behind ``F.linear`` reads the weights at a fraction of the memory bandwidth, and the
+    product with its operands swapped does not: SmolLM2-135M's 210 layer weights plus its 49k-word
+    output layer, read from memory on 2 threads of this project's CPU, took 62 ms against 17 ms for 3
+    rows, 46 against 15 for 4, 90 against 64 for 64, and the same for 1 row and for the 512-2,048 rows
+    of prefill and training. In bfloat16 both forms are about as fast, so other dtypes keep the usual
+    kernel.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32 or self.weight.dtype != torch.float32:
+            return super().forward(x)
+        out = (self.weight @ x.reshape(-1, x.shape[-1]).T).T.contiguous()   # what F.linear returns
+        if self.bias is not None:
+            out += self.bias
+        return out.view(*x.shape[:-1], self.weight.shape[0])
+
+
+def transpose_linears(model: nn.Module) -> None:
+    """Make every plain ``nn.Linear`` of ``model`` a ``TransposedLinear`` in place: parameters,
+    weight tying and state dict stay as they are."""
+    for module in model.modules():
+        if type(module) is nn.Linear:
+            module.__class__ = TransposedLinear
