@@ -62,6 +62,9 @@ def main() -> None:
     parser.add_argument("--sinks", type=int, default=0, help="first tokens the learned policy never compresses")
     parser.add_argument("--held", action="store_true", help="DMS: hold the calibrated per-layer shares of kept "
                                                              "tokens on the evaluated text (calibrate_hold)")
+    parser.add_argument("--keep-share", action="store_true",
+                        help="DMS: calibrate nothing; hold each ratio with keep_share = (context / ratio - w) / "
+                             "(context - w) for eviction window w, the sequence's own logits setting its threshold")
     parser.add_argument("--max-tokens", type=int, default=34816, help="test tokens per corpus (17 windows of 2048)")
     parser.add_argument("--peers", nargs="*", default=["streaming_llm", "h2o", "tova"],
                         help="training-free policies run at the learned policy's ratio (none: the learned policy alone)")
@@ -101,10 +104,17 @@ def main() -> None:
         score(base, "vanilla", 1, corpus, "unmodified model")
         score(uncompressed, policy, 1, corpus, f"{policy.upper()} weights, compression off")
     thresholds, keys, calibrate = {}, [], calibrate_hold if args.held else calibrate_threshold
-    label = f"{policy.upper()} (trained{', held shares' if args.held else ''})"
+    label = f"{policy.upper()} (trained{', held shares' if args.held else ', keep_share' if args.keep_share else ''})"
     for ratio in args.ratios:
         model = copy.deepcopy(learned)
-        thresholds[ratio] = calibrate(model, calibration, ratio, args.context, args.batch_size, steps=12, bound=64.0)
+        if args.keep_share:
+            window = learned.dmc_config.eviction_window
+            keep = (args.context / ratio - window) / (args.context - window)
+            convert(model, replace(learned.dmc_config, keep_share=keep))
+            thresholds[ratio] = (keep, None)
+        else:
+            thresholds[ratio] = calibrate(model, calibration, ratio, args.context, args.batch_size, steps=12,
+                                          bound=64.0)
         for corpus in args.corpora:
             mine = score(model, policy, 1, corpus, label, ratio)
             for peer in args.peers:
@@ -177,6 +187,19 @@ def _setting(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) else f"kept shares {min(value):.2f}-{max(value):.2f}"
 
 
+def _calibration(header: dict, args) -> str:
+    """How the learned policy was set for each ratio."""
+    settings = header["thresholds"].items()
+    if args.keep_share:
+        return ("Nothing calibrated: each sequence holds keep_share = (context / ratio - w) / (context - w) of its "
+                "tokens, its threshold set from its own eviction logits (the checkpoint's threshold for its first "
+                "two blocks): " + ", ".join(f"ratio {r} -> keep {t[0]:.3f}" for r, t in settings))
+    return ((f"Per-layer shares of kept tokens calibrated on the validation split of {args.calibrate_on} and held by "
+             "ranking (calibrate_hold); realised there: " if args.held else
+             f"Thresholds calibrated on the validation split of {args.calibrate_on}: ")
+            + ", ".join(f"ratio {r} -> {_setting(t[0])} (realised {t[1]:.2f})" for r, t in settings))
+
+
 def page(rows: list[dict], header: dict, args) -> str:
     lines = [f"# {header['checkpoint']} against training-free eviction at equal memory", "",
              f"- Command: `{header['command']}`", f"- Machine: {header['machine']}", f"- Date: {header['date']}", "",
@@ -184,11 +207,7 @@ def page(rows: list[dict], header: dict, args) -> str:
              + (f"DMS eviction window {header['eviction_window']}; " if header["eviction_window"] else "")
              + f"{header['sinks']} sink tokens never compressed; " +
              f"peers read {args.chunk} tokens per forward after the first (more favours them). "
-             + (f"Per-layer shares of kept tokens calibrated on the validation split of {args.calibrate_on} and "
-                "held by ranking (calibrate_hold); realised there: " if args.held else
-                f"Thresholds calibrated on the validation split of {args.calibrate_on}: ")
-             + ", ".join(f"ratio {r} -> {_setting(t[0])} (realised {t[1]:.2f})" for r, t in header["thresholds"].items())
-             + ".",
+             + _calibration(header, args) + ".",
              "", "| corpus | target | method | memory ratio | perplexity | learned / this (95 % paired CI) |",
              "|---|---|---|---|---|---|"]
     for r in rows:

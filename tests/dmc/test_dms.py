@@ -244,3 +244,75 @@ def test_decisions_only_training_of_a_probe_moves_the_probe_alone():
     (out.loss + torch.stack([a.last_alpha.mean() for a in model.dmc_attentions()]).mean()).backward()
     assert trained == [p.weight for p in eviction_probes(model)] and all(p.grad.abs().sum() > 0 for p in trained)
     assert all(p.grad is None for name, p in model.named_parameters() if ".eviction_probe." not in name)
+
+
+def through_cache(model, ids, chunk: int):
+    """Logits of ``ids`` fed ``chunk`` tokens per forward through one cache, the evictions decided
+    (layers, B, H, L), and the cache."""
+    cache, logits, evictions = model.new_cache(), [], []
+    with torch.no_grad():
+        for s in range(0, ids.shape[1], chunk):
+            logits.append(model(ids[:, s:s + chunk], cache=cache).logits)
+            evictions.append(torch.stack([a.last_alpha for a in model.dmc_attentions()]))
+    return torch.cat(logits, 1), torch.cat(evictions, -1), cache
+
+
+@pytest.mark.parametrize("sinks", [0, 5])
+def test_keep_share_is_exact_however_the_tokens_are_fed(sinks):
+    """One threshold per block of 8 tokens, from the sequence's own logits two blocks back: a
+    forward of 96 tokens (cut into blocks inside), decoding after a 13-token prefill, chunks of 7 and
+    of 3, and a left-padded batch all decide alike."""
+    model, ids = dms_model(window=3, length=96, keep_share=0.25, control_block=8, control_window=16, sinks=sinks)
+    whole, _, cache = through_cache(model, ids, 96)
+    decoded, decoded_cache = decode_step_by_step(model, ids, prefix=13)
+    _, evictions, _ = through_cache(model, ids, 8)            # last_alpha holds a forward's last block
+    for chunk in (7, 3):
+        logits, _, chunked_cache = through_cache(model, ids, chunk)
+        assert (whole - logits).abs().max() <= 1e-4 and torch.equal(cache.slots(), chunked_cache.slots())
+    assert (whole - decoded).abs().max() <= 1e-4 and torch.equal(cache.slots(), decoded_cache.slots())
+    batch, mask = ids[:, :40].clone(), torch.ones(2, 40, dtype=torch.long)
+    batch[1, :12], mask[1, :12] = 0, 0
+    with torch.no_grad():
+        together = model.generate(batch, attention_mask=mask, max_new_tokens=6, do_sample=False)
+        alone = model.generate(ids[1:, 12:40], max_new_tokens=6, do_sample=False)
+    assert torch.equal(together[1, 40:], alone[0, 28:])
+    assert not evictions[..., :sinks].any()
+    with pytest.raises(ValueError, match="cache"):
+        model(ids, use_cache=False)
+
+
+def test_keep_share_holds_the_share_where_a_threshold_does_not():
+    """On two texts whose eviction logits sit apart, one threshold evicts different shares of each;
+    keep_share = 1/4 evicts about 3/4 of both once its blocks have logits."""
+    model, ids = dms_model(window=3, length=160, keep_share=0.25, control_block=8, control_window=32)
+    fixed = convert(copy.deepcopy(model), replace(model.dmc_config, keep_share=None))
+    texts = (ids, ids // 3)                                        # the second: a third of the vocabulary
+
+    def evicted(model, text):      # from block 3 on; a chunk's last token is decided by the next chunk
+        evictions = through_cache(model, text, 8)[1]
+        return float(evictions.unflatten(-1, (20, 8))[..., 3:, :7].mean())
+
+    held = [evicted(model, text) for text in texts]
+    by_threshold = [evicted(fixed, text) for text in texts]
+    assert all(abs(share - 0.75) < 0.03 for share in held), held        # measured: 0.764, 0.758
+    assert abs(by_threshold[0] - by_threshold[1]) > 0.1, by_threshold   # measured: 0.501, 0.604
+
+
+def test_the_control_thresholds_are_quantiles_of_earlier_blocks():
+    """The threshold of block b is the 1 - keep quantile (to a bin, 1/16) of the logits counted in
+    blocks b - 1 - history .. b - 2, every layer and head pooled; before any, the default."""
+    from dynacomp.dmc.cache.control import KeepShareControl
+
+    control = KeepShareControl(keep=0.3, block=4, history=2, default=1.5)
+    control.grow(1)
+    seqs, g = torch.tensor([0]), torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 1, 3, 24, generator=g) * 3                # (layers, B, H, L)
+    positions = torch.arange(24)[None]
+    for layer in logits:
+        control.record(seqs, positions, layer, torch.ones(1, 24, dtype=torch.bool))
+    thresholds = control.thresholds(seqs, positions[:, 20:24], torch.ones(1, 4, dtype=torch.bool))   # block 5
+    pooled = logits[..., 8:16].flatten()                              # blocks 2 and 3
+    evicted = float((pooled > thresholds[0, 0, 0]).float().mean())
+    assert abs(evicted - 0.7) <= 1.5 / pooled.numel()                # the level falls inside one bin of 1/16
+    first = control.thresholds(seqs, positions[:, :8], torch.ones(1, 8, dtype=torch.bool))
+    assert torch.equal(first, torch.full((1, 1, 8), 1.5))             # blocks 0 and 1: nothing to read yet

@@ -17,11 +17,14 @@ class CharTokenizer:
 
 
 def served_model(kind: str, page_size: int = 4, window: int = 12):
-    """A tiny model as the engine serves it: dense (compression off), DMC at a forced ratio, or DMS."""
+    """A tiny model as the engine serves it: dense (compression off), DMC at a forced ratio, or DMS
+    (with a threshold, or holding half its tokens with keep_share)."""
     model = tiny_model()
     model.generation_config.eos_token_id = None
-    if kind == "dms":
-        return convert(model, DMCConfig(policy="dms", decision_bias=0.05, eviction_window=3, page_size=page_size))
+    if kind.startswith("dms"):
+        held = {"keep_share": 0.5, "control_block": 8, "control_window": 16} if kind == "dms-keep-share" else {}
+        return convert(model, DMCConfig(policy="dms", decision_bias=0.05, eviction_window=3, page_size=page_size,
+                                        **held))
     zero_decision_channels(model)
     config = DMCConfig(force_cr=2, page_size=page_size, window=window) if kind == "dmc" else DMCConfig(
         decision_threshold=float("inf"), page_size=page_size, window=window)

@@ -23,7 +23,7 @@ def run_checked(engine: Engine) -> None:
         assert engine.kv_bytes() <= engine.config.kv_budget
 
 
-@pytest.mark.parametrize("kind", ["dense", "dmc", "dms"])
+@pytest.mark.parametrize("kind", ["dense", "dmc", "dms", "dms-keep-share"])
 def test_batched_greedy_equals_offline_generation(kind, tokenizer):
     model = served_model(kind)
     batch = prompts(6)

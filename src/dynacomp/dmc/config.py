@@ -45,8 +45,16 @@ class DMCConfig:
                    "eviction window w. dmc.retrofit.calibrate_hold measures the shares on the training text. It "
                    "holds the ratio, at a price: a text whose tokens the model would keep loses them "
                    "(docs/results/dms.md)")
-    control_window: int = field(256, help="dms with hold_keep: tokens whose logits set each layer's threshold "
-                                          "(their logits are kept per row and counted in the cache's bytes)")
+    keep_share: float | None = field(
+        None, help="dms: the share of tokens each sequence keeps (outside the eviction window), held at inference "
+                   "on any text: the threshold is re-set every CONTROL_BLOCK tokens to the quantile of the "
+                   "sequence's own eviction logits over its last CONTROL_WINDOW tokens, every layer and head pooled "
+                   "(decision_threshold until there are some). A sequence of T tokens then holds about "
+                   "KEEP x (T - w) + w slots per row for eviction window w (dynacomp.dmc.cache.control)")
+    control_block: int = field(64, help="dms with keep_share: tokens between threshold updates; longer forwards "
+                                        "are cut into pieces this long, which keeps prefill exact")
+    control_window: int = field(256, help="dms with hold_keep or keep_share: tokens whose logits set the "
+                                          "threshold (kept per row or per sequence and counted in the cache's bytes)")
     force_cr: float | None = field(
         None, help="replace learned decisions by a fixed pattern giving this compression ratio in every "
                    "head (benchmarks, engine tests); None: learned decisions")
@@ -59,6 +67,12 @@ class DMCConfig:
         if self.hold_keep is not None and (self.policy != "dms" or not all(0 < k <= 1 for k in self.hold_keep)):
             raise ValueError(f"hold_keep holds DMS's shares of kept tokens, each in (0, 1]; got {self.hold_keep} "
                              f"with policy {self.policy}")
+        if self.keep_share is not None and (self.policy != "dms" or not 0 < self.keep_share <= 1
+                                            or self.hold_keep is not None):
+            raise ValueError(f"keep_share holds DMS's share of kept tokens, in (0, 1], instead of hold_keep; got "
+                             f"{self.keep_share} with policy {self.policy}")
+        if self.control_block < 1:
+            raise ValueError(f"control_block must be >= 1, got {self.control_block}")
         if self.sinks < 0:
             raise ValueError(f"sinks must be >= 0, got {self.sinks}")
         if self.control_window < 2:

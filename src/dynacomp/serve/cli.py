@@ -68,7 +68,7 @@ def load_engine(config: ServeConfig):
     from dynacomp.models import load_causal_lm
     from dynacomp.serve.engine import Engine, EngineConfig
 
-    overrides = {"page_size": config.page_size} | ({"decision_threshold": math.inf, "hold_keep": None}
+    overrides = {"page_size": config.page_size} | ({"decision_threshold": math.inf, "hold_keep": None, "keep_share": None}
                                                    if config.dense else {})
     if is_dmc_checkpoint(config.model):
         model, tokenizer = load(config.model, **overrides, **({"force_cr": config.force_cr} if config.force_cr else {}))

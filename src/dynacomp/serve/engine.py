@@ -154,7 +154,8 @@ class Engine:
         element = torch.finfo(next(model.parameters()).dtype).bits // 8
         self.page_bytes = model.dmc_config.page_size * 2 * head_dim * element
         self.rows_per_seq = layers * heads
-        self.state_bytes_per_seq = layers * heads * self._state_entries(model.dmc_config, head_dim, element)
+        self.state_bytes_per_seq = (layers * heads * self._state_entries(model.dmc_config, head_dim, element)
+                                    + (self.cache.control.bytes_per_sequence() if self.cache.control else 0))
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}

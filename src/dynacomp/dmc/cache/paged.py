@@ -32,6 +32,7 @@ from torch import Tensor
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from dynacomp.dmc.cache import native
+from dynacomp.dmc.cache.control import KeepShareControl
 from dynacomp.dmc.cache.stats import CacheStats
 from dynacomp.dmc.config import DMCConfig
 
@@ -424,6 +425,7 @@ class DMCCache(Cache):
         self._free_ids: list[int] = []
         self.chunk: Chunk | None = None                      # the forward in progress
         self.heads_per_layer = 0                             # KV heads, known from the model (for_model)
+        self.control: KeepShareControl | None = None         # DMS's keep_share, shared by the layers (for_model)
 
     @classmethod
     def for_model(cls, model, dtype: torch.dtype | None = None) -> DMCCache:
@@ -437,6 +439,10 @@ class DMCCache(Cache):
         else:
             cache = cls(layers, config.page_size, config.window, dtype=dtype)
         cache.heads_per_layer = model.config.num_key_value_heads
+        if config.keep_share is not None:
+            cache.control = KeepShareControl(config.keep_share, config.control_block,
+                                             max(1, config.control_window // config.control_block),
+                                             config.decision_threshold)
         return cache
 
     # -- sequences ------------------------------------------------------------------------------
@@ -451,6 +457,9 @@ class DMCCache(Cache):
         self.finished = torch.cat([self.finished, self.finished.new_zeros(grow)])
         self.tokens[ids] = 0
         self.finished[ids] = False
+        if self.control is not None:
+            self.control.grow(self.tokens.numel())
+            self.control.reset(ids)
         return ids
 
     def free(self, seqs: list[int] | Tensor) -> None:
@@ -571,12 +580,13 @@ class DMCCache(Cache):
         heads = slots.shape[-1]
         total_slots = int(slots.sum())
         slot_bytes = layers[0].bytes_per_slot()
+        control = self.control.bytes_per_sequence() * int(self.active.sum()) if self.control is not None else 0
         return CacheStats(
             tokens=tokens, slots=total_slots,
-            bytes=total_slots * slot_bytes + sum(layer.state_bytes() for layer in layers),
+            bytes=total_slots * slot_bytes + sum(layer.state_bytes() for layer in layers) + control,
             dense_bytes=tokens * len(layers) * heads * slot_bytes,
             compression_ratio=tokens * len(layers) * heads / max(total_slots, 1),
             allocated_bytes=self.bytes_in_use(),
-            reserved_bytes=sum(layer.reserved_bytes() + layer.state_bytes() for layer in layers),
+            reserved_bytes=sum(layer.reserved_bytes() + layer.state_bytes() for layer in layers) + control,
             pages=sum(layer.pages_in_use() for layer in layers),
             per_layer_head=(tokens / slots.sum(1).clamp_min(1).double()).tolist())

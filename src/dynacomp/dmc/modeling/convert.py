@@ -74,10 +74,14 @@ class DMCModelMixin:
             cache = self.new_cache()
         ids = kwargs.get("input_ids", args[0] if args else None)
         embeds = kwargs.get("inputs_embeds")
-        self._check_positions(cache, (ids if ids is not None else embeds).shape[1], seqs)
-        if not use_cache:
-            return super().forward(*args, cache=None, use_cache=False, **kwargs)
         inputs = ids if ids is not None else embeds
+        self._check_positions(cache, inputs.shape[1], seqs)
+        if not use_cache:
+            if self.dmc_config.keep_share is not None and not self.training:
+                raise ValueError("keep_share holds each sequence's share through its cache: call with a cache")
+            return super().forward(*args, cache=None, use_cache=False, **kwargs)
+        if cache.control is not None and inputs.shape[1] > self.dmc_config.control_block:
+            return self._forward_in_blocks(cache, seqs, *args, **kwargs)
         mask = kwargs.get("attention_mask")
         length = inputs.shape[1]
         real = mask[:, -length:] if mask is not None else torch.ones(inputs.shape[:2], dtype=torch.bool,
@@ -87,6 +91,33 @@ class DMCModelMixin:
             kwargs["position_ids"] = chunk.token_index.clamp(min=0)     # each sequence at its own position
         out = super().forward(*args, cache=cache, use_cache=True, **kwargs)
         cache.end_forward()
+        return out
+
+    def _forward_in_blocks(self, cache, seqs, input_ids=None, attention_mask=None, position_ids=None,
+                           inputs_embeds=None, cache_position=None, logits_to_keep: int = 0, **kwargs):
+        """The forward cut into pieces of ``control_block`` tokens, each continuing the cache: DMS's
+        keep_share sets a threshold per block from earlier blocks' logits, exact for pieces that long.
+        Returns the last piece's output with the logits ``logits_to_keep`` asks for (0: all); the
+        attentions' ``last_alpha`` are the last piece's."""
+        if not isinstance(logits_to_keep, int) or kwargs.get("labels") is not None:
+            raise ValueError("a forward longer than control_block takes logits_to_keep as a count and no labels")
+        inputs = input_ids if input_ids is not None else inputs_embeds
+        length, block = inputs.shape[1], self.dmc_config.control_block
+        past = 0 if attention_mask is None else attention_mask.shape[1] - length
+        first_kept = length - logits_to_keep if logits_to_keep else 0
+        logits = []
+        for start in range(0, length, block):
+            end = min(start + block, length)
+            piece = {"input_ids" if input_ids is not None else "inputs_embeds": inputs[:, start:end],
+                     "attention_mask": None if attention_mask is None else attention_mask[:, :past + end],
+                     "position_ids": None if position_ids is None else position_ids[:, start:end],
+                     "cache_position": None if cache_position is None else cache_position[start:end]}
+            wanted = end - max(start, first_kept)
+            out = self.forward(**piece, cache=cache, use_cache=True, seqs=seqs, logits_to_keep=max(wanted, 1),
+                               **kwargs)
+            if wanted > 0:
+                logits.append(out.logits)
+        out.logits = torch.cat(logits, 1)
         return out
 
     def _check_positions(self, cache, tokens: int, seqs) -> None:

@@ -16,9 +16,11 @@ The decision of a chunk's last real token is read from the next chunk's first re
 (``decided``); real tokens of a row are assumed contiguous (left or right padding only).
 
 A threshold calibrated on one text realises another ratio on another (docs/results/dms.md), so
-``hold_keep`` replaces it by a trailing quantile: a token is evicted when its logit is above the
-``keep`` quantile of its layer's last ``control_window`` logits (every KV head of the layer), so
-each layer keeps its share of tokens on any text, and its heads share them as their logits say.
+``keep_share`` replaces it by a quantile of the sequence's own logits, all layers pooled
+(``dynacomp.dmc.cache.control``), and ``hold_keep`` by a per-layer trailing quantile: a token is
+evicted when its logit is above the ``keep`` quantile of its layer's last ``control_window`` logits
+(every KV head of the layer), so each layer keeps its share of tokens on any text, and its heads
+share them as their logits say.
 """
 
 from __future__ import annotations
@@ -65,7 +67,12 @@ class DMSAttention(LearnedCacheAttention):
             # A repeated token repeats its first-layer logit, up to float noise that depends on the batch;
             # on a grid of 2^-10 such logits tie exactly, so a quantile ranks them alike in every batch.
             logits = torch.round(logits * 1024) / 1024
-        threshold, history = self._threshold(logits, real, layer, seqs)
+        control = cache.control if cache is not None and not self.training else None
+        if control is not None:                  # keep_share: one threshold per block from the sequence's logits
+            threshold, history = control.thresholds(seqs, token_index, real), None
+            control.record(seqs, token_index, logits, real & (token_index > self.dmc.sinks))
+        else:
+            threshold, history = self._threshold(logits, real, layer, seqs)
         alpha, key_bias = self._decide(logits, real & (token_index >= self.dmc.sinks), threshold)
         cos, sin = position_embeddings
         k_rot = apply_rope(k, cos, sin)
