@@ -5,22 +5,26 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+FEW_ROWS = 4
+
 
 class TransposedLinear(nn.Linear):
-    """``nn.Linear`` computed as ``(weight @ x^T)^T``: same parameters, same state dict, same result
-    up to the order of summation.
+    """``nn.Linear`` that multiplies 2-4 float32 rows as ``(weight @ x^T)^T``: same parameters, same
+    state dict, same result up to the order of summation.
 
-    A decoding step multiplies every weight by a few rows (one per sequence). For that shape the
-    GEMM behind ``F.linear`` reads the weights at a fraction of the memory bandwidth, and the product
-    with its operands swapped does not. SmolLM2-135M's 210 layer weights plus its 49k-word output
-    layer, read from memory on 2 threads of this project's CPU, in float32: 62 ms against 17 for 3
-    rows, 46 against 15 for 4, 90 against 64 for 64, the same for 1 row and for the 512-2,048 rows of
-    prefill and training; its 210 layer weights in bfloat16: 46 ms against 38 for 16 rows, 84 against
-    63 for 64, the same for 1-3 rows.
+    A decoding step multiplies every weight by one row per sequence. For 2-4 rows the float32 GEMM
+    behind ``F.linear`` reads the weights at a fraction of the memory bandwidth, and the product with
+    its operands swapped does not: SmolLM2-135M's weights, read from memory on 2 threads of this
+    project's CPU, took 92 / 113 / 78 ms against 30 / 46 / 32 for 2 / 3 / 4 rows
+    (docs/results/linear_layout.md). For one row, 8 or more, and in bfloat16 the swapped product is
+    no faster or slower, so those keep ``F.linear``.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = (self.weight @ x.reshape(-1, x.shape[-1]).T).T.contiguous()   # F.linear returns it contiguous
+        rows = x.reshape(-1, x.shape[-1])
+        if not (1 < rows.shape[0] <= FEW_ROWS and x.dtype == torch.float32):
+            return super().forward(x)
+        out = (self.weight @ rows.T).T.contiguous()                 # F.linear returns it contiguous
         if self.bias is not None:
             out += self.bias
         return out.view(*x.shape[:-1], self.weight.shape[0])

@@ -212,7 +212,7 @@ def convert(model: PreTrainedModel, config: DMCConfig | None = None) -> PreTrain
     heads, kv_heads = model.config.num_attention_heads, model.config.num_key_value_heads
     for layer in model.model.layers:
         layer.self_attn = ATTENTIONS[config.policy](layer.self_attn, config, heads, kv_heads).train(model.training)
-    transpose_linears(model)                    # a decoding step's few rows per weight: see TransposedLinear
+    transpose_linears(model)                    # a small decoding batch's rows per weight: see TransposedLinear
     model.__class__ = _dmc_class(type(model))
     model.dmc_config = config
     model.config._attn_implementation = ATTN_IMPLEMENTATION

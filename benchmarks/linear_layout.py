@@ -1,0 +1,73 @@
+"""The linear layers of a decoding step, two ways: ``F.linear(x, W)`` (what ``nn.Linear`` runs) and
+``(W @ x^T)^T`` (``dynacomp.nn.linear.TransposedLinear``, which converted models use), over the
+weight shapes of SmolLM2-135M (per layer q, k, v, o, gate, up, down; then the 49,152-word output
+layer), each weight its own tensor so that every product reads it from memory as a decoding step
+does. Medians of interleaved rounds, per row count (sequences in a decoding batch, or tokens of a
+prefill chunk).
+
+    python benchmarks/linear_layout.py --layers 30 --rows 1 2 3 4 8 16 64 512 --out docs/results/linear_layout.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from common import machine
+
+from dynacomp.io import write_text
+
+LAYER_SHAPES = [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)]
+OUTPUT_SHAPE = (49152, 576)
+
+
+def step_time(weights: list[torch.Tensor], rows: int, transposed: bool, dtype: torch.dtype) -> float:
+    """Seconds to multiply every weight by ``rows`` input rows once."""
+    inputs = {i: torch.randn(rows, i, dtype=dtype) for i in (576, 1536)}
+    start = time.perf_counter()
+    for w in weights:
+        x = inputs[w.shape[1]]
+        (w @ x.T).T.contiguous() if transposed else torch.nn.functional.linear(x, w)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=int, default=30)
+    parser.add_argument("--rows", nargs="+", type=int, default=[1, 2, 3, 4, 8, 16, 64, 512])
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=Path("docs/results/linear_layout.md"))
+    args = parser.parse_args()
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    lines = ["# Linear layers of a decoding step: F.linear against the transposed product", "",
+             f"- Command: `{command}`", f"- Machine: {machine('cpu')}", f"- Date: {datetime.date.today().isoformat()}",
+             "", f"{args.layers} layers of SmolLM2-135M's shapes plus its output layer, every weight read from memory; "
+             f"medians of {args.rounds} interleaved rounds, milliseconds per step:", "",
+             "| dtype | rows | weight MB | F.linear | (W @ x^T)^T | speed-up |", "|---|---|---|---|---|---|"]
+    with torch.no_grad():
+        for name in args.dtypes:
+            dtype = getattr(torch, name)
+            weights = [torch.randn(shape, dtype=dtype) for _ in range(args.layers) for shape in LAYER_SHAPES]
+            weights.append(torch.randn(OUTPUT_SHAPE, dtype=dtype))
+            megabytes = sum(w.numel() * w.element_size() for w in weights) / 1e6
+            for rows in args.rows:
+                times = {False: [], True: []}
+                step_time(weights, rows, False, dtype)                      # warm-up
+                for _ in range(args.rounds):
+                    for transposed in (False, True):
+                        times[transposed].append(step_time(weights, rows, transposed, dtype))
+                plain, swapped = (1000 * statistics.median(times[t]) for t in (False, True))
+                lines.append(f"| {name} | {rows} | {megabytes:.0f} | {plain:.1f} | {swapped:.1f} | {plain / swapped:.2f} |")
+                print(lines[-1], file=sys.stderr)
+    write_text(args.out, "\n".join(lines + [""]))
+
+
+if __name__ == "__main__":
+    main()
