@@ -33,6 +33,7 @@ class KeepShareControl:
         self.counts = torch.zeros(0, self.ring, BINS, dtype=torch.int32)   # (S, ring, bins)
         self.held = torch.zeros(0, self.ring, dtype=torch.long)            # (S, ring) block in each entry, -1: none
         self.edges = torch.linspace(LOW, HIGH, BINS + 1)[:-1]               # each bin's lower edge
+        self._last: tuple[Tensor, Tensor] | None = None                     # (token_index, thresholds) of a forward
 
     def bytes_per_sequence(self) -> int:
         return self.ring * (BINS * 4 + 8)
@@ -48,7 +49,11 @@ class KeepShareControl:
         self.held[seqs] = -1
 
     def thresholds(self, seqs: Tensor, token_index: Tensor, real: Tensor) -> Tensor:
-        """(B, 1, L) the threshold at each position of the chunk (+inf at padding)."""
+        """(B, 1, L) the threshold at each position of the chunk (+inf at padding). Every layer of a
+        forward gets the same (its logits are counted in blocks the forward does not read), so it is
+        computed once per forward: the layers pass the same ``token_index``."""
+        if self._last is not None and self._last[0] is token_index:
+            return self._last[1]
         device = token_index.device
         seqs = seqs.cpu()
         blocks = token_index.clamp(min=0).cpu() // self.block                          # (B, L)
@@ -62,7 +67,9 @@ class KeepShareControl:
             total = counts.sum(1)
             level = torch.where(total > 0, self._quantile(counts, total), total.new_full(total.shape, self.default))
             result = torch.where(blocks == block[:, None], level.float()[:, None], result)
-        return result.masked_fill(~real.cpu(), float("inf")).to(device)[:, None, :]
+        result = result.masked_fill(~real.cpu(), float("inf")).to(device)[:, None, :]
+        self._last = (token_index, result)
+        return result
 
     def _quantile(self, counts: Tensor, total: Tensor) -> Tensor:
         """(B,) the level above which ``1 - keep`` of the counted logits (B, bins) lie, interpolated
