@@ -12,7 +12,8 @@ Skipping block ``b - 1`` is what keeps prefill exact: a forward over at most ``b
 spans blocks ``b - 1`` and ``b`` at most, so every logit its thresholds read came from earlier
 forwards, all layers of them complete, however the tokens were split into chunks
 (``DMCModelMixin.forward`` cuts longer forwards). Logits are counted in a histogram per block
-(bins of 1/16 over [-32, 32]), so the quantile is a bin edge and the state is a few KB per sequence.
+(bins of 1/16 over [-32, 32], the quantile interpolated inside its bin), so the state is a few KB
+per sequence.
 """
 
 from __future__ import annotations
@@ -59,11 +60,11 @@ class KeepShareControl:
         blocks = token_index.clamp(min=0).cpu() // self.block                          # (B, L)
         first = blocks.masked_fill(~real.cpu(), 2**62).min(1).values.clamp(max=2**61)   # (B,) the chunk's first block
         result = torch.full(blocks.shape, float("inf"))
+        held, histograms = self.held[seqs], self.counts[seqs]                            # (B, ring), (B, ring, bins)
         for step in (0, 1):                                 # a chunk of at most `block` tokens spans two blocks
             block = first + step                                                         # (B,)
-            held = self.held[seqs]                                                       # (B, ring)
             use = (held >= (block - 1 - self.history)[:, None]) & (held < (block - 1)[:, None]) & (held >= 0)
-            counts = (self.counts[seqs] * use[..., None]).sum(1).double()               # (B, bins)
+            counts = (histograms * use[..., None]).sum(1).double()                      # (B, bins)
             total = counts.sum(1)
             level = torch.where(total > 0, self._quantile(counts, total), total.new_full(total.shape, self.default))
             result = torch.where(blocks == block[:, None], level.float()[:, None], result)
