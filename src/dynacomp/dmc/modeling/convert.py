@@ -29,7 +29,7 @@ from dynacomp.dmc.config import DMCConfig
 from dynacomp.dmc.modeling.attention import DMCAttention, LearnedCacheAttention
 from dynacomp.dmc.modeling.dms_attention import DMSAttention
 from dynacomp.io import atomic_path
-from dynacomp.nn.linear import transpose_linears
+from dynacomp.nn.linear import pack_linears
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 ATTENTIONS = {"dmc": DMCAttention, "dms": DMSAttention}
@@ -212,7 +212,7 @@ def convert(model: PreTrainedModel, config: DMCConfig | None = None) -> PreTrain
     heads, kv_heads = model.config.num_attention_heads, model.config.num_key_value_heads
     for layer in model.model.layers:
         layer.self_attn = ATTENTIONS[config.policy](layer.self_attn, config, heads, kv_heads).train(model.training)
-    transpose_linears(model)                    # a small decoding batch's rows per weight: see TransposedLinear
+    pack_linears(model)                         # decoding multiplies each weight by a few rows: see PackedLinear
     model.__class__ = _dmc_class(type(model))
     model.dmc_config = config
     model.config._attn_implementation = ATTN_IMPLEMENTATION
