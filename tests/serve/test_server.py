@@ -170,3 +170,22 @@ def test_the_load_benchmark_reports_vllm_fields(server, model_folder):
     assert result["output_throughput"] > 0 and result["median_ttft_ms"] > 0 and "peak_running" in result
     with pytest.raises(ValueError, match="127.0.0.1"):
         LoadConfig(url="http://example.com:8000")
+
+
+def test_keep_share_reaches_a_dms_checkpoint_and_contradictions_are_refused(model_folder, tmp_path):
+    from transformers import AutoTokenizer
+
+    from dynacomp.dmc import DMCConfig, convert, save
+
+    dms = convert(tiny_model(vocab_size=len(AutoTokenizer.from_pretrained(model_folder)), tie_word_embeddings=True),
+                  DMCConfig(policy="dms", eviction_window=3))
+    folder = save(dms, tmp_path / "dms", AutoTokenizer.from_pretrained(model_folder))
+    engine = load_engine(ServeConfig(model=str(folder), keep_share=0.25, page_size=4))
+    assert engine.model.dmc_config.keep_share == 0.25
+    for contradiction in ({"dense": True}, {"force_cr": 2.0}):
+        with pytest.raises(ValueError, match="--keep-share"):
+            ServeConfig(model=str(folder), keep_share=0.25, **contradiction)
+    with pytest.raises(ValueError, match="--keep-share"):
+        ServeConfig(model=str(folder), keep_share=1.5)
+    with pytest.raises(ValueError, match="DMS checkpoint"):
+        load_engine(ServeConfig(model=str(model_folder), keep_share=0.25))

@@ -39,6 +39,10 @@ class ServeConfig:
                                            "Hugging Face id), served with --force-cr or uncompressed")
     dense: bool = field(False, help="the same weights, engine and pool with compression off (the baseline)")
     force_cr: float | None = field(None, help="a fixed DMC merge pattern at this ratio (engine tests, benchmarks)")
+    keep_share: float | None = field(None, help="DMS checkpoints: each sequence keeps this share of its tokens beyond "
+                                                "the eviction window, its threshold set from its own eviction logits, "
+                                                "so the ratio holds on any text (ratio R at T tokens, window w: "
+                                                "(T/R - w) / (T - w))")
     kv_budget: str = field("256MiB", help="KV memory of the pool: pages of (layer, KV head) plus per-sequence state")
     page_size: int = field(64, help="slots per cache page (smaller pages waste less per sequence)")
     max_num_seqs: int = field(64, help="running sequences at most")
@@ -60,6 +64,9 @@ class ServeConfig:
         check_device(self.device)
         if self.dense and self.force_cr is not None:
             raise ValueError("--dense and --force-cr contradict each other")
+        if self.keep_share is not None and (self.dense or self.force_cr is not None or not 0 < self.keep_share <= 1):
+            raise ValueError(f"--keep-share is a share of tokens in (0, 1] that a DMS checkpoint keeps, without --dense "
+                             f"or --force-cr; got {self.keep_share}")
 
 
 def load_engine(config: ServeConfig):
@@ -70,6 +77,10 @@ def load_engine(config: ServeConfig):
 
     overrides = {"page_size": config.page_size} | ({"decision_threshold": math.inf, "hold_keep": None, "keep_share": None}
                                                    if config.dense else {})
+    if config.keep_share is not None:
+        if not is_dmc_checkpoint(config.model):
+            raise ValueError(f"--keep-share needs a DMS checkpoint; {config.model} is a plain model")
+        overrides |= {"keep_share": config.keep_share, "hold_keep": None}
     if is_dmc_checkpoint(config.model):
         model, tokenizer = load(config.model, **overrides, **({"force_cr": config.force_cr} if config.force_cr else {}))
     else:
