@@ -153,7 +153,7 @@ def passkey_at_equal_memory(learned, base, tokenizer, policy: str, label: str, t
 def passkey_page(keys: list[dict], args) -> str:
     if not keys:
         return ""
-    lines = [f"Passkey retrieval at context {args.context} ({args.passkey_trials} prompts per row, the same keys "
+    lines = ["", f"Passkey retrieval at context {args.context} ({args.passkey_trials} prompts per row, the same keys "
              "and depths in every row; a 5-digit key in filler text, greedy answer); peers at the memory ratio "
              "the learned policy realised on these prompts:", "",
              "| target | method | memory ratio | correct | accuracy (95 % Wilson) |", "|---|---|---|---|---|"]
