@@ -17,7 +17,7 @@ import torch
 
 from dynacomp.dmc import DMCConfig, convert, is_dmc_checkpoint, load, load_base, zero_decision_channels
 from dynacomp.dmc.modeling import channels
-from dynacomp.dmc.retrofit import RetrofitConfig, RetrofitTask, calibrate, ratio_loss, retrofit
+from dynacomp.dmc.retrofit import RetrofitConfig, RetrofitTask, calibrate, distillation_loss, ratio_loss, retrofit
 from dynacomp.dmc.retrofit.recipe import _stage_model
 from tests.dmc.tiny import save_tiny_model, tiny_model
 
@@ -281,3 +281,15 @@ def test_a_probe_retrofit_trains_the_probe_alone_and_resumes_from_its_checkpoint
     retrofit(more, tmp_path / "more")
     again, _ = load(tmp_path / "more" / "model")
     assert all(torch.allclose(a, p.weight) for a, p in zip(probes, channels.eviction_probes(again)))
+
+
+def test_distillation_measures_either_direction_of_the_kl_divergence():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(5, 11), torch.randn(5, 11)
+    p, q = teacher.softmax(-1), student.softmax(-1)
+    forward = (p * (p.log() - q.log())).sum(-1).mean()
+    reverse = (q * (q.log() - p.log())).sum(-1).mean()
+    torch.testing.assert_close(distillation_loss(student, teacher), forward)
+    torch.testing.assert_close(distillation_loss(student, teacher, "reverse"), reverse)
+    assert not torch.allclose(forward, reverse)
+    assert distillation_loss(teacher, teacher, "reverse").abs() < 1e-6

@@ -49,9 +49,12 @@ class RetrofitConfig:
                                           "official code's 1 is for 4M-token batches: at a few thousand tokens per "
                                           "step the LM gradient's noise drowns it and the ratio hardly rises "
                                           "(docs/results/dmc_retrofit.md)")
-    distill: float = field(0.0, help="share of the LM loss taken by distillation, KL(original || DMC) of the "
-                                     "next-token distributions from the frozen original model; 0: plain "
-                                     "cross-entropy, 1: distillation only")
+    distill: float = field(0.0, help="share of the LM loss taken by distillation, the KL divergence between the "
+                                     "next-token distributions of the frozen original model and the retrofit; 0: "
+                                     "plain cross-entropy, 1: distillation only")
+    distill_direction: Literal["forward", "reverse"] = field(
+        "forward", help="forward: KL(original || retrofit), which makes the retrofit cover everything the original "
+                        "finds likely; reverse: KL(retrofit || original)")
     train_params: Literal["all", "attention", "qk", "decisions"] = field(
         "all", help="which weights train: all, the attention projections, only q/k projections (which hold "
                     "the decision and importance channels), or only the rows those channels are read from "

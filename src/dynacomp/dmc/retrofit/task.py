@@ -24,10 +24,13 @@ def ratio_loss(alpha: Tensor, target_cr: float) -> tuple[Tensor, Tensor]:
     return F.relu((1 - 1 / target_cr) - mean_alpha).mean(), mean_alpha
 
 
-def distillation_loss(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
-    """KL(teacher || student) per token, averaged. Both (N, V)."""
-    return F.kl_div(F.log_softmax(student_logits.float(), -1), F.log_softmax(teacher_logits.float(), -1),
-                    log_target=True, reduction="batchmean")
+def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, direction: str = "forward") -> Tensor:
+    """Per token, averaged: KL(teacher || student) ("forward": the student covers every token the
+    teacher finds likely) or KL(student || teacher) ("reverse": it may drop some, never add). Both (N, V)."""
+    student, teacher = F.log_softmax(student_logits.float(), -1), F.log_softmax(teacher_logits.float(), -1)
+    if direction == "reverse":
+        student, teacher = teacher, student
+    return F.kl_div(student, teacher, log_target=True, reduction="batchmean")
 
 
 # ------------------------------------------------------------------------------------------ the task
@@ -88,7 +91,7 @@ class RetrofitTask:
         if self.config.distill > 0:
             with torch.no_grad():
                 teacher_logits = self.teacher(ids, use_cache=False).logits[:, :-1].flatten(0, 1)
-            kl = distillation_loss(logits, teacher_logits)
+            kl = distillation_loss(logits, teacher_logits, self.config.distill_direction)
             loss = (1 - self.config.distill) * ce + self.config.distill * kl
             metrics["kl"] = kl.item()
         if self.stage != "zero_out":
