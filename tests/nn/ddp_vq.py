@@ -41,6 +41,7 @@ def main() -> None:
     _, indices, _ = vq(x)
     torch.save({"codebook": vq.codebook.detach(), "counts": vq.code_counts, "replaced": replaced,
                 "indices": indices}, out / f"rank{rank}.pt")
+    dist.barrier()                  # once, a rank leaving while the other was still in gloo aborted at exit
     dist.destroy_process_group()
 
 
