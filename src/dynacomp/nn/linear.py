@@ -15,7 +15,7 @@ class PackedLinear(nn.Linear):
     summation.
 
     A decoding step multiplies every weight by one row per sequence, and the float32 GEMM behind
-    ``F.linear`` reads SmolLM2-135M's weights at 6-12 GB/s of this CPU's ~31 for 1-16 rows; the
+    ``F.linear`` reads SmolLM2-135M's weights at 6-12 GB/s (this CPU streams 31-49) for 1-16 rows; the
     prepacked product runs 1.7-4.0x faster at 1-64 rows in float32, 1.3-1.9x in bfloat16, and
     1.05-1.25x for prefill chunks of 256-512 rows (docs/results/linear_layout.md). The copy costs
     the weight's memory once more; it is made on the first call without gradients and again whenever
