@@ -38,6 +38,7 @@ from common import machine
 
 from dynacomp.data.text import load_split
 from dynacomp.dmc import convert, load, load_base
+from dynacomp.dmc.cache.control import keep_share_for_ratio
 from dynacomp.dmc.evaluation.harness import EvalOptions, passkey, perplexity_online
 from dynacomp.dmc.policies import POLICIES
 from dynacomp.dmc.retrofit.recipe import calibrate_hold, calibrate_threshold, load_text
@@ -109,7 +110,7 @@ def main() -> None:
         model = copy.deepcopy(learned)
         if args.keep_share:
             window = learned.dmc_config.eviction_window
-            keep = (args.context / ratio - window) / (args.context - window)
+            keep = keep_share_for_ratio(ratio, args.context, window)
             convert(model, replace(learned.dmc_config, keep_share=keep))
             thresholds[ratio] = (keep, None)
         else:

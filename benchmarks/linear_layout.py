@@ -23,7 +23,7 @@ import torch
 from common import machine
 
 from dynacomp.io import write_text
-from dynacomp.nn.linear import PACKED_FOR_ROWS
+from dynacomp.nn.linear import PACKED_FOR_ROWS, packed_product, prepack
 
 LAYER_SHAPES = [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)]
 OUTPUT_SHAPE = (49152, 576)
@@ -32,7 +32,7 @@ OUTPUT_SHAPE = (49152, 576)
 PRODUCTS = {
     "F.linear": lambda x, w, packed: torch.nn.functional.linear(x, w),
     "(W @ x^T)^T": lambda x, w, packed: (w @ x.T).T.contiguous(),
-    "prepacked": lambda x, w, packed: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""),
+    "prepacked": lambda x, w, packed: packed_product(x, packed),
 }
 
 
@@ -66,7 +66,7 @@ def main() -> None:
             dtype = getattr(torch, name)
             weights = [torch.randn(shape, dtype=dtype) for _ in range(args.layers) for shape in LAYER_SHAPES]
             weights.append(torch.randn(OUTPUT_SHAPE, dtype=dtype))
-            packed = [torch.ops.mkldnn._reorder_linear_weight(w, PACKED_FOR_ROWS) for w in weights]
+            packed = [prepack(w) for w in weights]
             megabytes = sum(w.numel() * w.element_size() for w in weights) / 1e6
             for rows in args.rows:
                 times = {product: [] for product in PRODUCTS}

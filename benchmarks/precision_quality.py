@@ -21,6 +21,7 @@ from common import machine
 
 from dynacomp.data.text import load_split
 from dynacomp.dmc import load
+from dynacomp.dmc.cache.control import keep_share_for_ratio
 from dynacomp.dmc.evaluation.harness import EvalOptions, perplexity_online
 from dynacomp.io import write_json, write_text
 from dynacomp.metrics.intervals import paired_perplexity_ratio
@@ -29,15 +30,15 @@ from dynacomp.models import load_causal_lm
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def caches(args, dtype: torch.dtype) -> list[tuple[str, torch.nn.Module, str, float]]:
-    """(label, model, method, ratio) of each cache compared, loaded in ``dtype``."""
-    base, _ = load_causal_lm(args.base, dtype=dtype)
-    window = args.eviction_window
-    keep = (args.context / args.ratio - window) / (args.context - window)
-    learned, _ = load(args.checkpoint, dtype=dtype, eviction_window=window, keep_share=keep, hold_keep=None)
-    return [("dense", base, "vanilla", 1.0),
-            (f"DMC x{args.ratio:g} (forced)", base, "dmc_forced", args.ratio),
-            (f"DMS {args.checkpoint}, keep_share {keep:.3f}", learned, "dms", 1.0)]
+def caches(args, dtype: torch.dtype) -> tuple[object, list[tuple[str, torch.nn.Module, str, float]]]:
+    """The base model's tokenizer, and (label, model, method, ratio) of each cache compared, loaded in ``dtype``."""
+    base, tokenizer = load_causal_lm(args.base, dtype=dtype)
+    keep = keep_share_for_ratio(args.ratio, args.context, args.eviction_window)
+    learned, _ = load(args.checkpoint, dtype=dtype, eviction_window=args.eviction_window, keep_share=keep,
+                      hold_keep=None)
+    return tokenizer, [("dense", base, "vanilla", 1.0),
+                       (f"DMC x{args.ratio:g} (forced)", base, "dmc_forced", args.ratio),
+                       (f"DMS {args.checkpoint}, keep_share {keep:.3f}", learned, "dms", 1.0)]
 
 
 def main() -> None:
@@ -56,11 +57,13 @@ def main() -> None:
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     header = machine("cpu")
     options = EvalOptions(max_tokens=args.max_tokens, chunk=args.chunk)
-    ids = test_ids(args.base, args.corpus)
+    text = load_split(args.corpus, "test")
     results: dict[str, dict[str, dict]] = {}
     with torch.no_grad():
         for name, dtype in DTYPES.items():
-            for label, model, method, cr in caches(args, dtype):
+            tokenizer, compared = caches(args, dtype)
+            ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"])
+            for label, model, method, cr in compared:
                 row = perplexity_online(model, ids, method, cr, args.context, options)
                 results.setdefault(label, {})[name] = row
                 print(f"{label} {name}: ppl {row['perplexity']:.4f} at ratio {row['ratio']:.2f}", file=sys.stderr)
@@ -80,16 +83,6 @@ def main() -> None:
     write_json(args.out.with_suffix(".json"), {"command": command, "machine": header, "date": started.isoformat(),
                                                 "results": results})
     write_text(args.out, "\n".join(lines + [""]))
-
-
-def test_ids(model: str, corpus: str) -> torch.Tensor:
-    """The token ids of ``corpus``'s test split under ``model``'s tokenizer."""
-    from transformers import AutoTokenizer
-
-    from dynacomp.models import resolve
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve(model))
-    return torch.tensor(tokenizer(load_split(corpus, "test"), add_special_tokens=False)["input_ids"])
 
 
 if __name__ == "__main__":

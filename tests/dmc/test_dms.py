@@ -316,3 +316,12 @@ def test_the_control_thresholds_are_quantiles_of_earlier_blocks():
     assert abs(evicted - 0.7) <= 1.5 / pooled.numel()                # the level falls inside one bin of 1/16
     first = control.thresholds(seqs, positions[:, :8], torch.ones(1, 8, dtype=torch.bool))
     assert torch.equal(first, torch.full((1, 1, 8), 1.5))             # blocks 0 and 1: nothing to read yet
+
+
+def test_keep_share_for_ratio_fills_the_slots_of_the_ratio():
+    from dynacomp.dmc.cache.control import keep_share_for_ratio
+
+    keep = keep_share_for_ratio(4, 2048, 256)
+    assert 256 + keep * (2048 - 256) == pytest.approx(2048 / 4)
+    with pytest.raises(ValueError, match="eviction window"):
+        keep_share_for_ratio(8, 2048, 256)                  # 256 slots already exceed 2048 / 8

@@ -9,6 +9,16 @@ from torch import nn
 PACKED_FOR_ROWS = 16
 
 
+def prepack(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` (out, in) laid out by oneDNN for ``packed_product``."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACKED_FOR_ROWS)
+
+
+def packed_product(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` with the weight as ``prepack`` laid it out."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
 class PackedLinear(nn.Linear):
     """``nn.Linear`` that, when no gradient is wanted, multiplies by a copy of its weight laid out in
     advance by oneDNN ("prepacked"): same parameters, same state dict, same result up to the order of
@@ -28,7 +38,7 @@ class PackedLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._can_pack(x):
             return super().forward(x)
-        return torch.ops.mkldnn._linear_pointwise(x, self._packed_weight(), self.bias, "none", [], "")
+        return packed_product(x, self._packed_weight(), self.bias)
 
     def _can_pack(self, x: torch.Tensor) -> bool:
         wants_grad = torch.is_grad_enabled() and (
@@ -41,7 +51,7 @@ class PackedLinear(nn.Linear):
         key = (weight.data_ptr(), 0 if weight.is_inference() else weight._version, weight.dtype)
         if self._packed is None or self._packed[0] != key:
             self._packed = None                                        # free the stale copy before making one
-            self._packed = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACKED_FOR_ROWS))
+            self._packed = (key, prepack(weight))
         return self._packed[1]
 
     def __getstate__(self) -> dict:

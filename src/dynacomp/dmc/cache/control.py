@@ -24,6 +24,15 @@ from torch import Tensor
 LOW, HIGH, BINS = -32.0, 32.0, 1024
 
 
+def keep_share_for_ratio(ratio: float, context: int, window: int) -> float:
+    """The keep_share at which ``context`` tokens take ``context / ratio`` slots per KV head: the
+    ``window`` newest stay, and the share kept of the rest fills what is left."""
+    keep = (context / ratio - window) / (context - window)
+    if not 0 < keep <= 1:
+        raise ValueError(f"ratio {ratio} at {context} tokens cannot be held with eviction window {window}")
+    return keep
+
+
 class KeepShareControl:
     """Per sequence, a ring of ``history + 3`` block histograms of eviction logits (every layer and
     KV head), and the thresholds they give."""
