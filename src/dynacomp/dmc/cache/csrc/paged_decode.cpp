@@ -1,7 +1,8 @@
 // DMC decoding attention on CPU in one call per layer: every row (sequence x KV head) reads its
 // pages through its block table with an online softmax, so no per-page partial results are
-// written out and combined, and K/V are read once for all query heads of the KV head.
-// Pages are float32, bfloat16 or float16; queries, scores and sums are float32.
+// written out and combined, and K/V are read once for all query heads of the KV head; the next
+// page is fetched while one is computed on. Pages are float32, bfloat16 or float16, read in place
+// (widened in registers); queries, scores and sums are float32.
 // Built by dynacomp/dmc/cache/native.py; the PyTorch path in paged.py computes the same thing.
 
 #include <torch/extension.h>
@@ -12,22 +13,29 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
-#include <type_traits>
 #include <vector>
 
 namespace {
 
 using Vec = at::vec::Vectorized<float>;   // the build names the CPU capability (native.py)
 
-// A page's keys or values as float32: float32 pages are read in place; others are widened once
-// per page into `buffer` (a shift for bfloat16, which the compiler vectorises), then read by all
-// the KV head's query heads.
-inline const float* widen(const float* page, float*, int64_t) { return page; }
+// One vector of a page's keys or values as float32: float32 is loaded as is, bfloat16 and float16 are
+// widened in registers (ATen's conversion: a shift for bfloat16, F16C for float16).
+inline Vec load_float(const float* p) { return Vec::loadu(p); }
 
 template <typename T>
-const float* widen(const T* __restrict__ page, float* __restrict__ buffer, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) buffer[i] = static_cast<float>(page[i]);
-  return buffer;
+Vec load_float(const T* p) {
+  Vec out;
+  at::vec::load_to_float<T>(p, out);
+  return out;
+}
+
+// Ask for one slot's lines ahead of their turn: a row's pages lie anywhere in the pool, so the
+// hardware's stream prefetcher would only find each next page after its first misses.
+template <int DIM, typename T>
+void prefetch_slot(const T* slot) {
+  for (int64_t byte = 0; byte < DIM * int64_t(sizeof(T)); byte += 64)
+    __builtin_prefetch(reinterpret_cast<const char*>(slot) + byte, 0, 2);
 }
 
 // Rows [begin, end). Head size is a template parameter so that a head's query and its output
@@ -39,7 +47,6 @@ void attend_rows(const float* __restrict__ queries, const T* __restrict__ k_pool
   static_assert(DIM % Vec::size() == 0, "a head is whole vectors");
   constexpr int L = DIM / Vec::size();
   std::vector<float> prob_buffer(heads * page), running_max(heads), denominator(heads);
-  std::vector<float> k_buffer(std::is_same_v<T, float> ? 0 : page * DIM), v_buffer(k_buffer.size());
   float* __restrict__ prob = prob_buffer.data();
   for (int64_t row = begin; row < end; ++row) {
     const int64_t slots = visible[row];
@@ -52,17 +59,31 @@ void attend_rows(const float* __restrict__ queries, const T* __restrict__ k_pool
       const int64_t id = block_table[row * pages_per_row + first / page];
       TORCH_CHECK(id >= 0 && id < pool_pages, "DMC block table points outside the page pool");
       const int64_t count = std::min(page, slots - first);
-      const float* __restrict__ k = widen(k_pool + id * page * DIM, k_buffer.data(), count * DIM);
-      const float* __restrict__ v = widen(v_pool + id * page * DIM, v_buffer.data(), count * DIM);
+      const T* __restrict__ k = k_pool + id * page * DIM;
+      const T* __restrict__ v = v_pool + id * page * DIM;
+      // The page read after this one (this row's next, or the next row's first), fetched a slot
+      // per key while this page is computed on.
+      const int64_t after = first + page < slots ? row * pages_per_row + first / page + 1
+                            : row + 1 < end && visible[row + 1] > 0 ? (row + 1) * pages_per_row : -1;
+      const int64_t next = after >= 0 ? block_table[after] : -1;
+      const bool fetch = next >= 0 && next < pool_pages;
+      // Scores of all the KV head's query heads a key at a time, so each key is loaded once.
+      for (int64_t j = 0; j < count; ++j) {
+        if (fetch) {
+          prefetch_slot<DIM>(k_pool + (next * page + j) * DIM);
+          prefetch_slot<DIM>(v_pool + (next * page + j) * DIM);
+        }
+        Vec key[L];
+        for (int l = 0; l < L; ++l) key[l] = load_float(k + j * DIM + l * Vec::size());
+        for (int64_t m = 0; m < heads; ++m) {
+          const float* qm = q + m * DIM;
+          Vec dot = Vec::loadu(qm) * key[0];
+          for (int l = 1; l < L; ++l) dot = at::vec::fmadd(Vec::loadu(qm + l * Vec::size()), key[l], dot);
+          prob[m * page + j] = at::vec::vec_reduce_all<float>(std::plus<Vec>(), dot) * scale;
+        }
+      }
       for (int64_t m = 0; m < heads; ++m) {
         float* __restrict__ p = prob + m * page;
-        Vec qm[L];
-        for (int l = 0; l < L; ++l) qm[l] = Vec::loadu(q + m * DIM + l * Vec::size());
-        for (int64_t j = 0; j < count; ++j) {
-          Vec dot = qm[0] * Vec::loadu(k + j * DIM);
-          for (int l = 1; l < L; ++l) dot = at::vec::fmadd(qm[l], Vec::loadu(k + j * DIM + l * Vec::size()), dot);
-          p[j] = at::vec::vec_reduce_all<float>(std::plus<Vec>(), dot) * scale;
-        }
         float page_max = running_max[m];
         for (int64_t j = 0; j < count; ++j) page_max = std::max(page_max, p[j]);
         const float correction = std::exp(running_max[m] - page_max);
@@ -77,7 +98,7 @@ void attend_rows(const float* __restrict__ queries, const T* __restrict__ k_pool
         for (int l = 0; l < L; ++l) acc[l] = Vec::loadu(o + m * DIM + l * Vec::size()) * Vec(correction);
         for (int64_t j = 0; j < count; ++j) {
           const Vec weight(p[j]);
-          for (int l = 0; l < L; ++l) acc[l] = at::vec::fmadd(weight, Vec::loadu(v + j * DIM + l * Vec::size()), acc[l]);
+          for (int l = 0; l < L; ++l) acc[l] = at::vec::fmadd(weight, load_float(v + j * DIM + l * Vec::size()), acc[l]);
         }
         for (int l = 0; l < L; ++l) acc[l].store(o + m * DIM + l * Vec::size());
       }
