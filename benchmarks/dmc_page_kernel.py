@@ -73,11 +73,11 @@ def compare(args: argparse.Namespace, slots: int) -> None:
         layer = filled_layer(keys, values, page)
         calls[f"pages of {page}, PyTorch, float32"] = (4, lambda layer=layer: layer.attend_split_k(
             rows, queries, layer._slots, scale, with_lse=False)[0])
-        for dtype in (getattr(torch, name) for name in args.dtypes):
+        for name in args.dtypes:
             stored = copy.copy(layer)
-            stored._k_pool, stored._v_pool = layer._k_pool.to(dtype), layer._v_pool.to(dtype)
-            calls[f"pages of {page}, native, {str(dtype)[6:]}"] = (
-                dtype.itemsize, lambda stored=stored: stored.attend(one, queries, scale, with_lse=False)[0])
+            stored._k_pool, stored._v_pool = (pool.to(getattr(torch, name)) for pool in (layer._k_pool, layer._v_pool))
+            calls[f"pages of {page}, native, {name}"] = (
+                stored._k_pool.element_size(), lambda stored=stored: stored.attend(one, queries, scale, with_lse=False)[0])
     reference = calls["dense SDPA, float32"][1]()
     times: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(args.repeats):
